@@ -1,0 +1,21 @@
+"""Time generating the default world: `python -m bench.world` (goal: at most 15 s on 2 cores)."""
+
+import time
+
+from stages.world import WorldParams, generate_world
+
+
+def main() -> None:
+    start = time.perf_counter()
+    world = generate_world(WorldParams(), seed=0)
+    seconds = time.perf_counter() - start
+    corpus = world.corpus
+    mb = corpus["text"].str.len().sum() / 1e6
+    print(f"generate_world(WorldParams(), seed=0): {seconds:.2f} s")
+    print(f"corpus: {len(corpus)} docs, {mb:.2f} M chars; task: "
+          + ", ".join(f"{k}={len(v)}" for k, v in world.task.items())
+          + f"; {len(world.shifts)} shifts of {len(world.task['test'])} rows")
+
+
+if __name__ == "__main__":
+    main()

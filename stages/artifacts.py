@@ -1,0 +1,137 @@
+"""Reading and writing stage outputs: atomically, deterministically, with clear errors.
+
+Every output goes to a temporary sibling first and is renamed into place only when complete
+(`os.replace` is atomic on one filesystem), so a crash or a Ctrl-C never leaves a half-written
+shard, model or metrics file for the next stage (or DVC's cache) to pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+class StageError(RuntimeError):
+    """A problem with the stage's inputs that the user must fix; printed without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path (file or directory) next to `path`; move it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        # JSON has no NaN/inf; null makes a broken metric visible instead of unparseable
+        return round(value, 6) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.reset_index(drop=True).to_parquet(tmp, index=False)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a stage input, turning a missing or corrupt file into a StageError that names it."""
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"missing input {path}: run the upstream stage first (dvc repro)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for truncated/corrupt files
+        raise StageError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    if columns:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise StageError(f"{path} lacks column(s) {missing}; it has {list(df.columns)}")
+    return df
+
+
+def seed_everything(seed: int) -> None:
+    """One seed drives Python, NumPy and torch; stages derive sub-seeds from it explicitly."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> int:
+    import torch
+
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+class Progress:
+    """Rate-limited progress lines on stderr (DVC and Prefect both stream them)."""
+
+    def __init__(self, label: str, total: int, every_s: float = 5.0):
+        self.label, self.total, self.every_s = label, total, every_s
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int, extra: str = "") -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and done < self.total:
+            return
+        self.last = now
+        print(f"[{self.label}] {done}/{self.total} {extra} ({now - self.start:.0f}s)", flush=True)
+
+
+def run_stage(main) -> None:
+    """Entry point wrapper: input errors print one line and exit 1 instead of a traceback."""
+    try:
+        main()
+    except StageError as err:
+        print(f"error: {err}", flush=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,665 @@
+"""Corpus cleaning: repair each document, drop low-quality ones, deduplicate, scrub PII, split.
+
+The library behind `python -m stages.clean`. One call, `clean_corpus(corpus, params, seed)`, runs
+
+1. per document, in parallel (`datasets.Dataset.map(num_proc=..., batched=True)`, chunked so a
+   large corpus streams through Arrow instead of one Python list):
+   repairs   ftfy (mojibake) -> HTML to text -> Unicode normalization -> control characters ->
+             whitespace -> PII placeholders (<EMAIL>, <PHONE>, <IP>)
+   filters   Gopher/C4 quality heuristics and Gopher repetition heuristics, first failure wins
+   keys      a hash of the normalized text (exact dedup) and a MinHash signature (near dedup)
+2. sequentially, in input order: exact dedup, then MinHash-LSH near dedup; the first document of
+   each duplicate cluster is kept, so the result does not depend on how work was sharded;
+3. a train/validation split by a hash of (seed, id): stable when documents are added or removed.
+
+Anchors: datatrove's GopherQualityFilter / GopherRepetitionFilter / C4QualityFilter and dolma's
+taggers. We reimplement the heuristics instead of calling datatrove because datatrove's English
+word splitting needs spaCy and its dedup is a multi-step on-disk pipeline; `bench/clean.py`
+compares both on the same documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from html.parser import HTMLParser
+from typing import Literal
+
+import datasets
+import ftfy
+import numpy as np
+import pandas as pd
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stages.artifacts import StageError
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+class MinHashParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # estimated Jaccard similarity of word-shingle sets at or above which a doc is a near-duplicate
+    threshold: float = Field(0.7, ge=0.1, le=1.0)
+    # more permutations = a tighter Jaccard estimate, linearly more hashing time
+    num_perm: int = Field(128, ge=16, le=1024)
+    # words per shingle; short documents need short shingles, or a few edits change most of them
+    shingle_words: int = Field(3, ge=1, le=16)
+
+
+class CleanParams(BaseModel):
+    """Knobs of the clean stage. A filter whose threshold is at its neutral bound (a minimum of 0,
+    a maximum of 1 for shares) never drops anything, which is how a single filter is switched off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # repairs
+    fix_unicode: bool = True  # ftfy: mojibake, broken UTF-8, terminal escapes
+    normalization: Literal["NFC", "NFKC", "none"] = "NFC"  # NFKC also folds width, ligatures, ...
+    strip_html: bool = True
+    remove_control: bool = True
+    normalize_whitespace: bool = True
+    pii: bool = True
+
+    # documents of these domains skip the quality and repetition filters (still repaired,
+    # deduplicated and scrubbed): the world's "encoded" domain is leetspeak/rot13 on purpose
+    keep_domains: list[str] = ["encoded"]
+
+    # quality (Gopher, C4)
+    min_words: int = Field(10, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    max_chars: int = Field(1_000_000, ge=1)  # also the clean gate's ceiling on kept text length
+    min_mean_word_len: float = Field(3.0, ge=0, le=100)
+    max_mean_word_len: float = Field(10.0, ge=1, le=1000)
+    max_symbol_word_ratio: float = Field(0.1, ge=0, le=100)  # "#" and ellipses per word
+    min_punct_line_share: float = Field(0.3, ge=0, le=1)  # lines ending in . ! ? " ' (C4)
+    min_alpha_share: float = Field(0.8, ge=0, le=1)  # words with a letter in them
+    min_stopword_share: float = Field(0.15, ge=0, le=1)  # English heuristic, no model needed
+
+    # repetition (Gopher table A1)
+    max_dup_line_share: float = Field(0.3, ge=0, le=1)
+    max_dup_line_char_share: float = Field(0.2, ge=0, le=1)
+    max_dup_para_share: float = Field(0.3, ge=0, le=1)
+    max_dup_para_char_share: float = Field(0.2, ge=0, le=1)
+    max_top_2gram_share: float = Field(0.20, ge=0, le=1)
+    max_top_3gram_share: float = Field(0.18, ge=0, le=1)
+    max_top_4gram_share: float = Field(0.16, ge=0, le=1)
+
+    # deduplication
+    exact_dedup: bool = True
+    minhash: MinHashParams = MinHashParams()
+
+    # output
+    validation_share: float = Field(0.05, ge=0, le=0.5)
+    dropped_sample: int = Field(20, ge=0, le=10_000)  # dropped docs kept per filter for review
+
+    # execution: per-document work runs in num_proc processes, batch_size docs at a time
+    num_proc: int = Field(2, ge=1, le=256)
+    batch_size: int = Field(1000, ge=1, le=1_000_000)
+
+    # quality gate (read by stages/clean.py): no single filter may drop more than this share
+    max_drop_share: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> CleanParams:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words={self.min_words} exceeds max_words={self.max_words}")
+        if self.min_mean_word_len > self.max_mean_word_len:
+            raise ValueError(
+                f"min_mean_word_len={self.min_mean_word_len} exceeds max_mean_word_len={self.max_mean_word_len}"
+            )
+        return self
+
+
+QUALITY_FILTERS = ["length", "word_len", "symbols", "punct_lines", "alpha", "english"]
+REPETITION_FILTERS = ["dup_lines", "dup_paras", "top_ngrams"]
+DEDUP_FILTERS = ["exact_dup", "near_dup"]
+FILTER_ORDER = QUALITY_FILTERS + REPETITION_FILTERS + DEDUP_FILTERS
+REPAIRS = ["unicode", "html", "control", "whitespace", "pii"]
+PII_KINDS = ["email", "phone", "ip"]
+
+
+# --- repairs ------------------------------------------------------------------------------------
+
+# ftfy does only the repairs here; HTML entities, control characters and normalization are our
+# own steps, so each repair is counted (and scored against ground truth) on its own, and
+# legitimate typography (curly quotes, full-width forms) is left alone.
+_FTFY = ftfy.TextFixerConfig(
+    unescape_html=False, remove_control_chars=False, normalization=None, uncurl_quotes=False,
+    fix_character_width=False, fix_latin_ligatures=False, explain=False,
+)
+# Printable ASCII cannot hold mojibake or terminal escapes: skip ftfy, the slowest step, for it.
+_NEEDS_FTFY = re.compile(r"[^\x20-\x7e\n\t]")
+
+_HTML_TAG_NAMES = (
+    "a|abbr|article|aside|b|blockquote|body|br|button|caption|center|code|dd|div|dl|dt|em|"
+    "footer|font|form|h[1-6]|head|header|hr|html|i|iframe|img|input|label|li|link|main|meta|nav|"
+    "noscript|ol|option|p|pre|script|section|select|small|span|strong|style|sub|sup|table|tbody|"
+    "td|th|thead|title|tr|u|ul"
+)
+# Only known tag names count as HTML, so "a <b and c> d" in prose and our own <EMAIL> survive.
+HTML_TAG = re.compile(rf"<(?:/?(?:{_HTML_TAG_NAMES})(?:\s[^<>]*)?/?|!--.*?--|!doctype[^<>]*)>", re.I | re.S)
+HTML_ENTITY = re.compile(r"&(?:#\d{1,7}|#x[0-9a-f]{1,6}|[a-z][a-z0-9]{1,31});", re.I)
+_BLOCK_TAGS = frozenset(
+    "address article aside blockquote br dd div dl dt footer form h1 h2 h3 h4 h5 h6 header hr li "
+    "main nav ol p pre section table tr ul".split()
+)
+_INVISIBLE_TAGS = frozenset({"script", "style", "head", "title", "noscript", "iframe"})
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of an HTML fragment: block elements become line breaks, scripts vanish."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in _INVISIBLE_TAGS:
+            self.hidden += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag: str, attrs) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _INVISIBLE_TAGS:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(data)
+
+
+def html_to_text(text: str) -> str:
+    if HTML_TAG.search(text):
+        parser = _HTMLText()
+        parser.feed(text)
+        parser.close()
+        return "".join(parser.parts)
+    if "&" in text and HTML_ENTITY.search(text):
+        return html.unescape(text)
+    return text
+
+
+# C0/C1 controls except tab and newlines, plus invisible format characters that are used to hide
+# or reorder text (zero-width space, bidi overrides, BOM, soft hyphen). ZWJ/ZWNJ stay: scripts
+# and emoji need them.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# Whitespace other than a lone space or newline (matching every single space would make this the
+# slowest step), spaces next to a newline, and runs of blank lines.
+_ODD_SPACE = re.compile(r"[^\S\n]{2,}|[^\S \n]")
+_SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def normalize_whitespace(text: str) -> str:
+    text = _ODD_SPACE.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+# PII. IPs go first, so that "10.0.0.12" is not read as a phone number.
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]\w)")
+IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"  # full form
+    r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:?){1,6}(?<!:)(?![\w:])"  # a::b form
+)
+# Phone candidates: optional +country code, optional (area), then 2-4 digit groups joined by one
+# separator. _is_phone then asks for enough digits, so years and prices stay.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,5}){1,4}(?![\w-]|\.\d)"
+)
+_DIGIT = re.compile(r"\d")
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
+
+
+def _is_phone(candidate: str) -> bool:
+    digits = sum(ch.isdigit() for ch in candidate)
+    if not 7 <= digits <= 15 or _DATE.fullmatch(candidate):
+        return False
+    marked = candidate.startswith("+") or "(" in candidate
+    return digits >= 10 or marked or re.fullmatch(r"\d{3}[ .-]\d{4}", candidate) is not None
+
+
+def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
+    counts = dict.fromkeys(PII_KINDS, 0)
+
+    def sub(kind: str, placeholder: str):
+        def replace(m: re.Match) -> str:
+            if kind == "phone" and not _is_phone(m.group()):
+                return m.group()
+            counts[kind] += 1
+            return placeholder
+
+        return replace
+
+    # cheap guards first: most documents hold no "@", no ":" and no digit, and the patterns are
+    # tried at every position of those that do
+    if "@" in text:
+        text = EMAIL.sub(sub("email", "<EMAIL>"), text)
+    if _DIGIT.search(text):
+        text = IPV4.sub(sub("ip", "<IP>"), text)
+        if ":" in text:
+            text = IPV6.sub(sub("ip", "<IP>"), text)
+        text = _PHONE.sub(sub("phone", "<PHONE>"), text)
+    return text, counts
+
+
+def repair(text: str, p: CleanParams) -> tuple[str, list[str], dict[str, int]]:
+    """Repaired text, the repairs that changed it (names from REPAIRS), and PII counts by kind."""
+    done = []
+
+    def step(name: str, new: str) -> str:
+        if new != text:
+            done.append(name)
+        return new
+
+    if p.fix_unicode and _NEEDS_FTFY.search(text):
+        text = step("unicode", ftfy.fix_text(text, _FTFY))
+    if p.strip_html:
+        text = step("html", html_to_text(text))
+    if p.normalization != "none" and not text.isascii():
+        text = step("unicode", unicodedata.normalize(p.normalization, text))
+    if p.remove_control:
+        text = step("control", CONTROL.sub("", text))
+    if p.normalize_whitespace:
+        text = step("whitespace", normalize_whitespace(text))
+    counts = dict.fromkeys(PII_KINDS, 0)
+    if p.pii:
+        scrubbed, counts = scrub_pii(text)
+        text = step("pii", scrubbed)
+    return text, sorted(set(done), key=REPAIRS.index), counts
+
+
+# --- quality and repetition filters -------------------------------------------------------------
+
+# A word is a whitespace-delimited token trimmed of leading and trailing punctuation; tokens that
+# are punctuation or symbols only are not words (Gopher's rule).
+_WORD = re.compile(r"\w(?:\S*\w)?")
+_LETTER_TOKEN = re.compile(r"\S*?[^\W\d_]\S*")  # a token with at least one letter
+_TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u2026")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+# The most frequent English function words. Their share of a document's words is ~0.4-0.5 for
+# English prose and near 0 for other languages, gibberish and keyword lists (cf. dolma's and
+# Gopher's stop-word rules); unlike a language-ID model it needs nothing downloaded.
+STOP_WORDS = frozenset(
+    """a about after all also an and any are as at be because been but by can could did do does
+    for from had has have he her him his how i if in into is it its just me more most my no not
+    now of on one only or other our out over she so some such than that the their them then there
+    these they this those through to too up us very was we were what when where which while who
+    will with would you your""".split()
+)
+
+
+def quality_signals(text: str) -> dict[str, float]:
+    """Every number the quality and repetition filters look at, from one tokenization."""
+    tokens = len(text.split())
+    words = _WORD.findall(text)
+    n = len(words)
+    lower = [w.lower() for w in words]
+    lines = [line for line in text.split("\n") if line.strip()]
+    paragraphs = [para for para in _PARAGRAPH_BREAK.split(text) if para.strip()]
+    chars = max(len(text), 1)
+    signals = {
+        "chars": len(text),
+        "words": n,
+        "mean_word_len": sum(map(len, words)) / n if n else 0.0,
+        "symbol_ratio": (text.count("#") + text.count("...") + text.count("\u2026")) / max(n, 1),
+        "punct_line_share": sum(line.rstrip().endswith(_TERMINAL) for line in lines) / max(len(lines), 1),
+        "alpha_share": len(_LETTER_TOKEN.findall(text)) / max(tokens, 1),
+        "stopword_share": sum(w in STOP_WORDS for w in lower) / max(n, 1),
+    }
+    for name, units in (("line", lines), ("para", paragraphs)):
+        dup, dup_chars = _duplicates(units)
+        signals[f"dup_{name}_share"] = dup / max(len(units), 1)
+        signals[f"dup_{name}_char_share"] = dup_chars / chars
+    for k in (2, 3, 4):
+        signals[f"top_{k}gram_share"] = _top_ngram_chars(lower, k) / chars
+    return signals
+
+
+def _duplicates(units: list[str]) -> tuple[int, int]:
+    """How many units repeat an earlier one, and how many characters those repeats hold."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for unit in units:
+        if unit in seen:
+            dup += 1
+            dup_chars += len(unit)
+        else:
+            seen.add(unit)
+    return dup, dup_chars
+
+
+def _top_ngram_chars(words: list[str], k: int) -> int:
+    """Characters covered by the most frequent repeated word k-gram (Gopher's top n-gram share)."""
+    if len(words) < 2 * k:
+        return 0
+    gram, count = Counter(zip(*(words[i:] for i in range(k)))).most_common(1)[0]
+    return (sum(map(len, gram)) + k - 1) * count if count > 1 else 0
+
+
+def first_failure(s: dict[str, float], p: CleanParams) -> tuple[str, str]:
+    """(filter name, detail) of the first filter in FILTER_ORDER the signals fail, else ("", "")."""
+    checks = [
+        ("length", s["words"] < p.min_words, f"words={s['words']} < {p.min_words}"),
+        ("length", s["words"] > p.max_words, f"words={s['words']} > {p.max_words}"),
+        ("length", s["chars"] > p.max_chars, f"chars={s['chars']} > {p.max_chars}"),
+        ("word_len", not p.min_mean_word_len <= s["mean_word_len"] <= p.max_mean_word_len,
+         f"mean_word_len={s['mean_word_len']:.2f} outside [{p.min_mean_word_len}, {p.max_mean_word_len}]"),
+        ("symbols", s["symbol_ratio"] > p.max_symbol_word_ratio,
+         f"symbol_ratio={s['symbol_ratio']:.3f} > {p.max_symbol_word_ratio}"),
+        ("punct_lines", s["punct_line_share"] < p.min_punct_line_share,
+         f"punct_line_share={s['punct_line_share']:.2f} < {p.min_punct_line_share}"),
+        ("alpha", s["alpha_share"] < p.min_alpha_share, f"alpha_share={s['alpha_share']:.2f} < {p.min_alpha_share}"),
+        ("english", s["stopword_share"] < p.min_stopword_share,
+         f"stopword_share={s['stopword_share']:.3f} < {p.min_stopword_share}"),
+        ("dup_lines", s["dup_line_share"] > p.max_dup_line_share,
+         f"dup_line_share={s['dup_line_share']:.2f} > {p.max_dup_line_share}"),
+        ("dup_lines", s["dup_line_char_share"] > p.max_dup_line_char_share,
+         f"dup_line_char_share={s['dup_line_char_share']:.2f} > {p.max_dup_line_char_share}"),
+        ("dup_paras", s["dup_para_share"] > p.max_dup_para_share,
+         f"dup_para_share={s['dup_para_share']:.2f} > {p.max_dup_para_share}"),
+        ("dup_paras", s["dup_para_char_share"] > p.max_dup_para_char_share,
+         f"dup_para_char_share={s['dup_para_char_share']:.2f} > {p.max_dup_para_char_share}"),
+    ]
+    for k in (2, 3, 4):
+        limit = getattr(p, f"max_top_{k}gram_share")
+        value = s[f"top_{k}gram_share"]
+        checks.append(("top_ngrams", value > limit, f"top_{k}gram_share={value:.3f} > {limit}"))
+    for name, failed, detail in checks:
+        if failed:
+            return name, detail
+    return "", ""
+
+
+# --- dedup keys ---------------------------------------------------------------------------------
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def dedup_words(text: str) -> list[str]:
+    """Case-folded words without punctuation, so trivial variants of a document collide."""
+    return _NON_WORD.sub(" ", text.casefold()).split()
+
+
+def exact_key(words: list[str]) -> str:
+    # hashlib, never hash(): Python salts str hashes per process, which would break determinism
+    return hashlib.blake2b(" ".join(words).encode(), digest_size=16).hexdigest()
+
+
+# Odd 64-bit multipliers, one per position in a shingle (Fibonacci hashing): a shingle's hash is
+# the wrapped sum of its words' hashes times these, so each word is hashed once, not k times.
+_POSITION_MIX = (np.arange(1, 17, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+
+
+def shingle_hashes(words: list[str], k: int) -> list[int]:
+    """32-bit hashes of the word k-grams of a document (one shingle when it has k words or fewer)."""
+    h = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little") for w in words),
+        dtype=np.uint64, count=len(words),
+    )
+    k = min(k, len(h))
+    n = len(h) - k + 1
+    mixed = sum((h[j : j + n] * _POSITION_MIX[j] for j in range(k)), np.zeros(n, dtype=np.uint64))
+    return ((mixed >> np.uint64(32)) ^ (mixed & np.uint64(0xFFFFFFFF))).tolist()
+
+
+@lru_cache(maxsize=4)
+def _permutations(num_perm: int, seed: int):
+    # drawing the permutations is costlier than hashing a short document: do it once per process
+    return MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+
+
+def minhash_signature(words: list[str], mp: MinHashParams, seed: int) -> list[int]:
+    """datasketch MinHash over the shingles; they arrive hashed, so its hash function is int()."""
+    m = MinHash(num_perm=mp.num_perm, seed=seed, permutations=_permutations(mp.num_perm, seed),
+                hashfunc=int, scheme="affine32")
+    m.update_batch(shingle_hashes(words, mp.shingle_words))
+    return m.hashvalues.tolist()
+
+
+# --- per-document pass --------------------------------------------------------------------------
+
+
+def _clean_batch(batch: dict[str, list], p: CleanParams, seed: int) -> dict[str, list]:
+    """datasets.map function: repaired text, drop decision and dedup keys for each document."""
+    out: dict[str, list] = {k: [] for k in ("text", "dropped_by", "detail", "repairs", "dedup_key", "minhash")}
+    out.update({f"pii_{k}": [] for k in PII_KINDS})
+    keep_domains = set(p.keep_domains)
+    for text, domain in zip(batch["text"], batch["domain"]):
+        text, repairs, pii = repair(text, p)
+        dropped_by, detail = ("", "") if domain in keep_domains else first_failure(quality_signals(text), p)
+        words = dedup_words(text) if not dropped_by else []
+        out["text"].append(text)
+        out["dropped_by"].append(dropped_by)
+        out["detail"].append(detail)
+        out["repairs"].append(",".join(repairs))
+        out["dedup_key"].append(exact_key(words) if words else "")
+        out["minhash"].append(minhash_signature(words, p.minhash, seed) if words and p.minhash.enabled else [])
+        for kind in PII_KINDS:
+            out[f"pii_{kind}"].append(pii[kind])
+    return out
+
+
+def _per_document(corpus: pd.DataFrame, p: CleanParams, seed: int) -> pd.DataFrame:
+    ds = datasets.Dataset.from_pandas(corpus[["text", "domain"]].astype(str), preserve_index=False)
+    # Forking workers costs about a second: not worth it for a corpus that fits in one batch.
+    num_proc = p.num_proc if p.num_proc > 1 and len(ds) > p.batch_size else None
+    ds = ds.map(
+        _clean_batch, batched=True, batch_size=p.batch_size, num_proc=num_proc,
+        fn_kwargs={"p": p, "seed": seed}, remove_columns=["text", "domain"],
+        load_from_cache_file=False, desc="clean",
+    )
+    return ds.to_pandas()
+
+
+# --- deduplication (sequential, in input order) -------------------------------------------------
+
+
+def _exact_dedup(docs: pd.DataFrame, ids: pd.Series) -> None:
+    first: dict[str, str] = {}
+    for i in docs.index[docs["dropped_by"] == ""]:
+        key = docs.at[i, "dedup_key"]
+        if key in first:
+            docs.loc[i, ["dropped_by", "detail"]] = ["exact_dup", f"duplicate of {first[key]}"]
+        else:
+            first[key] = ids[i]
+
+
+def _near_dedup(docs: pd.DataFrame, ids: pd.Series, mp: MinHashParams, seed: int) -> None:
+    """Greedy clustering in input order: a document joins the cluster of the first earlier kept
+    document whose estimated Jaccard similarity reaches the threshold, else it starts its own.
+    LSH only proposes candidates; each is confirmed on the signatures to cut false positives."""
+    lsh = MinHashLSH(threshold=mp.threshold, num_perm=mp.num_perm)
+    kept: dict[int, LeanMinHash] = {}
+    for i in docs.index[docs["dropped_by"] == ""]:
+        sig = LeanMinHash(seed=seed, hashvalues=docs.at[i, "minhash"], scheme="affine32")
+        matches = [(j, sig.jaccard(kept[j])) for j in lsh.query(sig)]
+        matches = [(j, sim) for j, sim in matches if sim >= mp.threshold]
+        if matches:
+            j, sim = min(matches)
+            docs.loc[i, ["dropped_by", "detail"]] = ["near_dup", f"near-duplicate of {ids[j]} (jaccard~{sim:.2f})"]
+        else:
+            lsh.insert(i, sig)
+            kept[i] = sig
+
+
+# --- split and entry point ----------------------------------------------------------------------
+
+
+def validation_mask(ids: pd.Series, share: float, seed: int) -> pd.Series:
+    """A document's side of the split depends only on (seed, id), not on position or neighbours."""
+
+    def unit(doc_id: str) -> float:
+        digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    return ids.map(unit) < share
+
+
+@dataclass
+class CleanResult:
+    train: pd.DataFrame  # the input columns (id, text, source, domain, ...) with cleaned text
+    validation: pd.DataFrame
+    stats: dict
+    dropped: dict[str, pd.DataFrame]  # filter -> first dropped docs (id, text, detail)
+    # one row per input document, in input order: id, text (after repairs), dropped_by ("" when
+    # kept), detail, repairs (comma-joined names from REPAIRS)
+    decisions: pd.DataFrame
+
+    @property
+    def kept_ids(self) -> set[str]:
+        return set(self.decisions.loc[self.decisions["dropped_by"] == "", "id"])
+
+
+REQUIRED_COLUMNS = ["id", "text", "source", "domain"]
+
+
+def _check_input(corpus: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in corpus.columns]
+    if missing:
+        raise StageError(f"corpus lacks column(s) {missing}; it has {list(corpus.columns)}")
+    bad = corpus["text"].map(lambda t: not isinstance(t, str))
+    if bad.any():
+        raise StageError(f"{int(bad.sum())} document(s) have non-string text, e.g. ids {list(corpus['id'][bad][:5])}")
+    dup = corpus["id"].duplicated()
+    if dup.any():
+        raise StageError(f"{int(dup.sum())} duplicate document id(s), e.g. {list(corpus['id'][dup][:5])}")
+
+
+def clean_corpus(corpus: pd.DataFrame, p: CleanParams, seed: int) -> CleanResult:
+    _check_input(corpus)
+    corpus = corpus.reset_index(drop=True)
+    ids = corpus["id"].astype(str)
+    docs = _per_document(corpus, p, seed)
+    if p.exact_dedup:
+        _exact_dedup(docs, ids)
+    if p.minhash.enabled:
+        _near_dedup(docs, ids, p.minhash, seed)
+
+    kept = docs["dropped_by"] == ""
+    out = corpus[kept].assign(text=docs.loc[kept, "text"])
+    is_val = validation_mask(out["id"].astype(str), p.validation_share, seed)
+    decisions = pd.DataFrame({"id": ids, "text": docs["text"], "dropped_by": docs["dropped_by"],
+                              "detail": docs["detail"], "repairs": docs["repairs"]})
+    dropped = {
+        name: decisions.loc[decisions["dropped_by"] == name, ["id", "text", "detail"]]
+        .head(p.dropped_sample).reset_index(drop=True)
+        for name in FILTER_ORDER
+    }
+    repaired = docs["repairs"].str.split(",").explode()
+    stats = {
+        "docs_in": len(corpus),
+        "docs_out": int(kept.sum()),
+        "chars_in": int(corpus["text"].str.len().sum()),
+        "chars_out": int(out["text"].str.len().sum()),
+        "drops": {name: int((docs["dropped_by"] == name).sum()) for name in FILTER_ORDER},
+        "pii": {kind: int(docs[f"pii_{kind}"].sum()) for kind in PII_KINDS},
+        "repairs": {name: int((repaired == name).sum()) for name in REPAIRS},
+        "quality_skipped": int(corpus["domain"].isin(p.keep_domains).sum()),
+        "train_docs": int((~is_val).sum()),
+        "validation_docs": int(is_val.sum()),
+    }
+    return CleanResult(
+        train=out[~is_val].reset_index(drop=True),
+        validation=out[is_val].reset_index(drop=True),
+        stats=stats,
+        dropped=dropped,
+        decisions=decisions,
+    )
+
+
+# --- ground truth (world source) ----------------------------------------------------------------
+
+# Which filters or repairs are meant to handle each kind of injected noise.
+REMOVAL_KINDS = {
+    "exact_dup": ["exact_dup"],
+    "near_dup": ["near_dup"],
+    "short": ["length"],
+    "gibberish": ["word_len", "symbols", "punct_lines", "alpha", "english"],
+    "spam": REPETITION_FILTERS,
+}
+REPAIR_KINDS = {"html": "html", "mojibake": "unicode", "control": "control", "pii": "pii"}
+
+# Leak detectors for scoring, deliberately looser than the scrubber's patterns so that a format
+# the scrubber misses shows up as a miss instead of passing by construction.
+_LOOSE_EMAIL = re.compile(r"\S@\S+\.[A-Za-z]{2,}")
+_LOOSE_PHONE = re.compile(r"(?:\+|\(\d|\b\d)[\d ().-]{6,}\d")
+_PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|IP)>")
+
+
+def still_shows(kind: str, text: str) -> bool:
+    """Whether `text` still carries repair noise of `kind`."""
+    if kind == "html":
+        return HTML_TAG.search(text) is not None or HTML_ENTITY.search(text) is not None
+    if kind == "mojibake":
+        return ftfy.fix_encoding(text) != text
+    if kind == "control":
+        return CONTROL.search(text) is not None or "\r" in text
+    if kind == "pii":
+        text = _PLACEHOLDER.sub(" ", text)
+        phones = (m.group() for m in _LOOSE_PHONE.finditer(text))
+        return _LOOSE_EMAIL.search(text) is not None or IPV4.search(text) is not None or IPV6.search(text) is not None or any(
+            sum(ch.isdigit() for ch in m) >= 9 for m in phones
+        )
+    raise ValueError(f"unknown repair kind {kind!r}")
+
+
+def score_against_ground_truth(corpus: pd.DataFrame, result: CleanResult) -> dict:
+    """Precision and recall of cleaning per injected noise kind, from the world's `noise` column.
+
+    For a removal kind (exact_dup, near_dup, short, gibberish, spam):
+      recall    = share of docs carrying the kind that were dropped (by any filter);
+      precision = of the docs dropped by the filters meant for the kind (REMOVAL_KINDS), the share
+                  that carry it.
+    For a repair kind (html, mojibake, control, pii), on the repaired text of every doc:
+      recall    = share of docs carrying the kind whose repaired text no longer shows it
+                  (`still_shows`: no HTML tags or entities, ftfy.fix_encoding finds nothing,
+                  no control characters, no email/phone/IP left);
+      precision = of the docs the matching repair changed (REPAIR_KINDS), the share that carry it.
+    A filter or repair that never acted has precision 1.0 (it made no false positive).
+    Also: "clean_survival", the share of noise-free docs that were kept.
+    """
+    if "noise" not in corpus.columns:
+        raise StageError("ground truth needs the corpus's `noise` column (world source only)")
+    d = result.decisions.reset_index(drop=True)
+    noise = corpus["noise"].fillna("").astype(str).reset_index(drop=True)
+    kinds = noise.str.split(",").map(lambda ks: {k for k in ks if k})
+    dropped = d["dropped_by"] != ""
+    repairs = d["repairs"].str.split(",").map(set)
+    scores: dict = {}
+
+    def rates(carries: pd.Series, fixed: pd.Series, acted: pd.Series) -> dict:
+        return {
+            "precision": float(carries[acted].mean()) if acted.any() else 1.0,
+            "recall": float(fixed[carries].mean()) if carries.any() else 1.0,
+            "docs": int(carries.sum()),
+        }
+
+    for kind, filters in REMOVAL_KINDS.items():
+        carries = kinds.map(lambda ks, kind=kind: kind in ks)
+        scores[kind] = rates(carries, dropped, d["dropped_by"].isin(filters))
+    for kind, repair_name in REPAIR_KINDS.items():
+        carries = kinds.map(lambda ks, kind=kind: kind in ks)
+        fixed = ~d["text"].map(lambda t, kind=kind: still_shows(kind, t))
+        scores[kind] = rates(carries, fixed, repairs.map(lambda rs, r=repair_name: r in rs))
+    clean = kinds.map(len) == 0
+    scores["clean_survival"] = float((~dropped[clean]).mean()) if clean.any() else 1.0
+    return scores

@@ -1,0 +1,101 @@
+"""Stage 7 — generate: continuations of the same prompts from the base and the fine-tuned LM.
+
+Readability is one of the objectives fine-tuning competes with, so both models continue every
+prompt with the same sampling settings and seed, and `metrics/generate.json` scores the samples
+(distinct-n, repetition, sentence length, Flesch reading ease, share of empty/looping samples).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import great_expectations.expectations as gxe
+import pandas as pd
+import torch
+
+from stages import scoring
+from stages.artifacts import StageError, run_stage, set_threads, write_json, write_jsonl, write_text
+from stages.config import GenerateParams, load_params
+from stages.gates import Gate
+from stages.modeling import resolve_device
+
+MODELS = {"base": "models/base", "finetuned": "models/finetuned"}
+SAMPLES = Path("data/samples")
+
+
+def read_prompts(path: Path = Path("data/raw/prompts.jsonl")) -> list[dict]:
+    if not path.exists():
+        raise StageError(f"missing {path}: run the ingest stage first")
+    prompts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise StageError(f"{path} has no prompts")
+    return prompts
+
+
+@torch.no_grad()
+def continue_prompt(model, tokenizer, prompt: str, p: GenerateParams, seed: int, device) -> str:
+    torch.manual_seed(seed)  # same seed per (prompt, sample) for both models: a fair comparison
+    ids = tokenizer(prompt, return_tensors="pt").to(device)
+    sampling = p.temperature > 0
+    out = model.generate(
+        **ids, max_new_tokens=p.max_new_tokens, do_sample=sampling,
+        temperature=p.temperature if sampling else None, top_k=p.top_k if sampling else None,
+        top_p=p.top_p if sampling else None, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def quality(texts: list[str]) -> dict:
+    return {
+        "distinct_1": scoring.distinct_n(texts, 1),
+        "distinct_2": scoring.distinct_n(texts, 2),
+        "repeat_4gram": float(sum(scoring.repeat_ngram_share(t) for t in texts) / len(texts)),
+        "mean_sentence_words": scoring.mean_sentence_words(texts),
+        "readability": scoring.readability(texts),
+        "degenerate_share": sum(map(scoring.is_degenerate, texts)) / len(texts),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Samples: base vs fine-tuned", "", "| domain | prompt | base | finetuned |", "|---|---|---|---|"]
+    cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['domain']} | {cell(r['prompt'])} | {cell(r['base'])} | {cell(r['finetuned'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    params = load_params()
+    p = params.generate
+    set_threads(params.finetune.threads)
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    device = resolve_device(params.pretrain.device)
+    prompts = read_prompts()
+    tokenizer = AutoTokenizer.from_pretrained(MODELS["base"])
+    rows = [{"domain": pr.get("domain", ""), "prompt": pr["prompt"], "sample": k}
+            for pr in prompts for k in range(p.samples_per_prompt)]
+    for name, path in MODELS.items():
+        model = GPT2LMHeadModel.from_pretrained(path).to(device).eval()
+        for i, row in enumerate(rows):
+            row[name] = continue_prompt(model, tokenizer, row["prompt"], p, params.seed + i, device)
+        print(f"[generate] {name}: {len(rows)} samples", flush=True)
+
+    write_jsonl(SAMPLES / "samples.jsonl", rows)
+    write_text(SAMPLES / "samples.md", markdown(rows))
+    metrics = {name: quality([r[name] for r in rows]) for name in MODELS}
+    write_json("metrics/generate.json", metrics)
+    for name, m in metrics.items():
+        print(f"[generate] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
+
+    gate = Gate("generate").table("samples", pd.DataFrame(rows))
+    for name in MODELS:
+        gate.expect("samples", gxe.ExpectColumnValuesToNotBeNull(column=name))
+    gate.expect("samples", gxe.ExpectTableRowCountToEqual(value=len(prompts) * p.samples_per_prompt))
+    gate.finish()
+
+
+if __name__ == "__main__":
+    run_stage(main)

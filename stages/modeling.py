@@ -1,0 +1,122 @@
+"""Shared model-side helpers: devices, token shards, batches, LM loss, FLOPs and MFU.
+
+Pretraining, fine-tuning (replay) and evaluation all read the same `.bin` shards and measure
+language-modelling loss the same way, so the "forgetting" that evaluation reports compares like
+with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.artifacts import StageError
+
+TOKENS_DIR = Path("data/tokens")
+
+# Dense bf16 peak FLOP/s by device-name substring (vendor datasheets, no sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    has = {"cuda": torch.cuda.is_available(),
+           "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+           "cpu": True}
+    if requested == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if not has[requested]:
+        raise StageError(f"device '{requested}' was requested but is not available on this machine;"
+                         " use device: auto or cpu")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device, dtype: str):
+    """bf16 autocast on CUDA (the default there), full fp32 elsewhere: CPU bf16 is slower here."""
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_flops(device: torch.device, cpu_peak: float) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_FLOPS.items():
+            if key in name:
+                return flops
+    return cpu_peak
+
+
+def flops_per_token(n_params: int, n_layer: int, n_head: int, head_dim: int, seq_len: int) -> float:
+    """Training FLOPs per token, PaLM appendix B as in nanoGPT: 6N for the weights' forward and
+    backward matmuls plus 12·L·H·Q·T for attention scores and values."""
+    return 6 * n_params + 12 * n_layer * n_head * head_dim * seq_len
+
+
+def load_meta() -> dict:
+    path = TOKENS_DIR / "meta.json"
+    if not path.exists():
+        raise StageError(f"missing {path}: run the tokenize stage first")
+    return json.loads(path.read_text())
+
+
+def open_shard(split: str, meta: dict) -> np.ndarray:
+    """Memory-map a shard read-only: the OS pages it in, so corpora larger than RAM work."""
+    path = TOKENS_DIR / f"{split}.bin"
+    if not path.exists():
+        raise StageError(f"missing {path}: run the tokenize stage first")
+    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def sample_blocks(data: np.ndarray, block: int, batch: int, rng: np.random.Generator):
+    """Random (input, target) windows of `block` tokens, target shifted by one."""
+    if len(data) <= block + 1:
+        raise StageError(f"shard has {len(data)} tokens, fewer than block_size+1 ({block + 1})")
+    starts = rng.integers(0, len(data) - block - 1, size=batch)
+    rows = np.stack([data[s:s + block + 1] for s in starts]).astype(np.int64)
+    window = torch.from_numpy(rows)
+    return window[:, :-1], window[:, 1:]
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a causal LM (any module returning `.logits`)."""
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+
+@torch.no_grad()
+def eval_lm_loss(model, data: np.ndarray, block: int, batch: int, batches: int, seed: int,
+                 device: torch.device, dtype: str = "auto") -> float:
+    """Mean LM loss on `batches` fixed random windows (same windows for every model compared)."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(batches):
+        x, y = sample_blocks(data, block, batch, rng)
+        with autocast(device, dtype):
+            losses.append(lm_loss(model, x.to(device), y.to(device)).item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+def unigram_loss(train: np.ndarray, validation: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of the validation shard under the train shard's unigram
+    distribution (add-one smoothed): the loss of a model that ignores context. A pretrained model
+    must beat it, or it learned nothing about context."""
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    val_counts = np.bincount(validation, minlength=vocab_size)
+    return float(-(val_counts * logp).sum() / max(1, val_counts.sum()))
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
