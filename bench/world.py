@@ -10,9 +10,9 @@ def main() -> None:
     world = generate_world(WorldParams(), seed=0)
     seconds = time.perf_counter() - start
     corpus = world.corpus
-    mb = corpus["text"].str.len().sum() / 1e6
+    mb = sum(len(t.encode("utf-8")) for t in corpus["text"]) / 1e6
     print(f"generate_world(WorldParams(), seed=0): {seconds:.2f} s")
-    print(f"corpus: {len(corpus)} docs, {mb:.2f} M chars; task: "
+    print(f"corpus: {len(corpus)} docs, {mb:.2f} MB of UTF-8 text; task: "
           + ", ".join(f"{k}={len(v)}" for k, v in world.task.items())
           + f"; {len(world.shifts)} shifts of {len(world.task['test'])} rows")
 

@@ -34,17 +34,20 @@ def read_prompts(path: Path = Path("data/raw/prompts.jsonl")) -> list[dict]:
 
 
 @torch.no_grad()
-def continue_prompt(model, tokenizer, prompt: str, p: GenerateParams, seed: int, device) -> str:
-    torch.manual_seed(seed)  # same seed per (prompt, sample) for both models: a fair comparison
-    ids = tokenizer(prompt, return_tensors="pt").to(device)
+def continue_prompts(model, tokenizer, prompts: list[str], p: GenerateParams, seed: int, device) -> list[str]:
+    """Continue all prompts in one left-padded batch (one forward per new token for the whole
+    batch). The generator is re-seeded per model, so both models draw from the same stream."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"  # new tokens must follow the prompt directly
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     sampling = p.temperature > 0
     out = model.generate(
-        **ids, max_new_tokens=p.max_new_tokens, do_sample=sampling,
+        **enc, max_new_tokens=p.max_new_tokens, do_sample=sampling,
         temperature=p.temperature if sampling else None, top_k=p.top_k if sampling else None,
         top_p=p.top_p if sampling else None, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def quality(texts: list[str]) -> dict:
@@ -79,8 +82,9 @@ def main() -> None:
             for pr in prompts for k in range(p.samples_per_prompt)]
     for name, path in MODELS.items():
         model = GPT2LMHeadModel.from_pretrained(path).to(device).eval()
-        for i, row in enumerate(rows):
-            row[name] = continue_prompt(model, tokenizer, row["prompt"], p, params.seed + i, device)
+        texts = continue_prompts(model, tokenizer, [r["prompt"] for r in rows], p, params.seed, device)
+        for row, text in zip(rows, texts):
+            row[name] = text
         print(f"[generate] {name}: {len(rows)} samples", flush=True)
 
     write_jsonl(SAMPLES / "samples.jsonl", rows)

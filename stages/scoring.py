@@ -101,12 +101,29 @@ def mean_sentence_words(texts: list[str]) -> float:
     return float(np.mean([len(_words(s)) for s in sentences])) if sentences else 0.0
 
 
-def readability(texts: list[str]) -> float:
-    """Flesch reading ease (textstat) of the samples joined; higher reads easier."""
-    import textstat
+def syllables(word: str) -> int:
+    """Syllables from pyphen's hyphenation points (what textstat falls back to). We do not use
+    textstat itself: its current releases download the CMU dictionary through nltk at run time,
+    which an offline pipeline cannot do, and 0.7.7 (which ships it) crashes on unknown words."""
+    from pyphen import Pyphen
 
-    joined = " ".join(t.strip() for t in texts if t.strip())
-    return float(textstat.flesch_reading_ease(joined)) if joined else 0.0
+    global _PYPHEN
+    if _PYPHEN is None:
+        _PYPHEN = Pyphen(lang="en_US")
+    return len(_PYPHEN.positions(word)) + 1
+
+
+_PYPHEN = None
+
+
+def readability(texts: list[str]) -> float:
+    """Flesch reading ease of the samples: 206.835 − 1.015·words/sentence − 84.6·syllables/word.
+    Higher reads easier (60–70 is plain English); 0 when there are no words."""
+    sentences = [s for t in texts for s in re.split(r"[.!?]+", t) if _words(s)]
+    words = [w for s in sentences for w in _words(s)]
+    if not words:
+        return 0.0
+    return 206.835 - 1.015 * len(words) / len(sentences) - 84.6 * sum(map(syllables, words)) / len(words)
 
 
 def is_degenerate(text: str, max_repeat_share: float = 0.5) -> bool:

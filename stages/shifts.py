@@ -153,11 +153,13 @@ def apply_shift(name: str, df: pd.DataFrame, seed: int, *, classes: int | None =
     missing = {"text", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"shift {name!r} needs columns text and label; missing: {', '.join(sorted(missing))}")
+    if df["text"].isna().any() or df["label"].isna().any():
+        raise ValueError(f"shift {name!r}: text and label must not be missing")
     rows = df[["text", "label"]].reset_index(drop=True).astype({"label": "int64"})
     if classes is None:
         classes = int(rows["label"].max()) + 1 if len(rows) else 2
     bad = rows["label"][(rows["label"] < 0) | (rows["label"] >= classes)]
     if len(bad):
-        raise ValueError(f"shift {name!r}: labels must lie in 0..{classes - 1}; found {sorted(set(bad))[:5]}")
+        raise ValueError(f"shift {name!r}: labels must lie in 0..{classes - 1}; found {sorted(set(bad.tolist()))[:5]}")
     out = SHIFTS[name](rows, random.Random(f"{name}:{seed}"), classes)
     return out.reset_index(drop=True).astype({"label": "int64"})

@@ -108,5 +108,7 @@ def test_unknown_names_are_rejected_with_the_valid_ones_listed():
 def test_apply_shift_rejects_bad_frames():
     with pytest.raises(ValueError, match="missing: label"):
         apply_shift("leet", pd.DataFrame({"text": ["a"]}), seed=0)
-    with pytest.raises(ValueError, match=r"labels must lie in 0..1"):
+    with pytest.raises(ValueError, match="must not be missing"):
+        apply_shift("rot13", frame(["fine", None], [0, 1]), seed=0)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1; found \[2\]"):
         apply_shift("negation", frame(["The soup was good."], [2]), seed=0, classes=2)
