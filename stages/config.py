@@ -221,6 +221,14 @@ class Params(Section):
     generate: GenerateParams = GenerateParams()
     report: ReportParams = ReportParams()
 
+    @model_validator(mode="after")
+    def _sequences_fit_the_model(self):
+        # GPT-2 has learned positions: the classifier cannot read past the pretrained block size
+        if self.finetune.max_length > self.pretrain.model.block_size:
+            raise ValueError(f"finetune.max_length ({self.finetune.max_length}) exceeds"
+                             f" pretrain.model.block_size ({self.pretrain.model.block_size})")
+        return self
+
 
 class ParamsError(ValueError):
     """A params file that does not match the schema; the message names the key."""
@@ -234,7 +242,8 @@ def _describe(err: ValidationError) -> str:
     got = first.get("input")
     got = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"'{key}': {first['msg']}{got}{more}"
+    where = f"'{key}': " if first["loc"] else ""  # cross-section rules name their keys themselves
+    return f"{where}{first['msg']}{got}{more}"
 
 
 def parse_params(raw: dict) -> Params:

@@ -52,7 +52,6 @@ class Gate:
 
     def run(self) -> dict:
         import great_expectations as gx
-
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")

@@ -14,7 +14,6 @@ metrics/ingest.json; then the ingest gate.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -26,16 +25,10 @@ from stages.artifacts import StageError, run_stage, write_json, write_jsonl, wri
 from stages.config import DataParams, HubSpec, load_params
 from stages.gates import Gate
 from stages.shifts import apply_shift
-from stages.world import generate_world
+from stages.world import generate_world, text_key  # text_key: the one leakage normalization
 
 RAW = Path("data/raw")
 SPLITS = ("train", "validation", "test")
-
-
-def text_key(text: str) -> str:
-    """Normalized hash used for leakage checks: case, punctuation and spacing do not count."""
-    norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-    return hashlib.sha1(norm.encode("utf-8")).hexdigest()
 
 
 # --- reading local files ------------------------------------------------------------------------

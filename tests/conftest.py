@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from stages.config import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests" / "params-micro.yaml"
@@ -46,7 +49,10 @@ def make_repo(dest: Path, params: Path = MICRO) -> Path:
                 and rel != "dvc.lock":
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    shutil.copy(params, dest / "params.yaml")
+    # Write the params with every default filled in: dvc.yaml tracks whole sections and
+    # individual keys (e.g. pretrain.device) that a concise test config would otherwise omit.
+    full = parse_params(yaml.safe_load(params.read_text())).model_dump(mode="json")
+    (dest / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         run(cmd, dest)

@@ -1,0 +1,71 @@
+"""Atomic outputs and data-quality gates."""
+
+from __future__ import annotations
+
+import json
+
+import great_expectations.expectations as gxe
+import pandas as pd
+import pytest
+
+from stages.artifacts import StageError, atomic_path, read_parquet, write_json
+from stages.gates import GATE_EXIT_CODE, Gate
+
+
+def test_atomic_write_keeps_old_file_on_crash(tmp_path):
+    target = tmp_path / "m.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp litter
+
+
+def test_atomic_directory_replace(tmp_path):
+    target = tmp_path / "model"
+    for version in (1, 2):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "w.txt").write_text(str(version))
+    assert (target / "w.txt").read_text() == "2"
+
+
+def test_nan_becomes_null_in_json(tmp_path):
+    write_json(tmp_path / "x.json", {"loss": float("nan"), "n": 3})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"loss": None, "n": 3}
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path):
+    bad = tmp_path / "corpus.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(StageError, match="cannot read .*corpus.parquet"):
+        read_parquet(bad)
+    with pytest.raises(StageError, match="missing input"):
+        read_parquet(tmp_path / "absent.parquet")
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "ok.parquet")
+    with pytest.raises(StageError, match=r"lacks column\(s\) \['text'\]"):
+        read_parquet(tmp_path / "ok.parquet", ["text"])
+
+
+def test_gate_pass_and_fail(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    df = pd.DataFrame({"text": ["ok", "", "fine"], "label": [0, 1, 5]})
+    gate = Gate("unit").table("t", df)
+    gate.expect("t", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]))
+    gate.expect("t", gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1))
+    gate.expect("t", gxe.ExpectColumnValuesToNotBeNull(column="text"))
+    with pytest.raises(SystemExit) as exit_info:
+        gate.finish()
+    assert exit_info.value.code == GATE_EXIT_CODE
+    report = json.loads((tmp_path / "reports/quality/unit.json").read_text())
+    assert report["success"] is False and report["evaluated"] == 3 and report["failed"] == 2
+    failed = {r["expectation"]: r for r in report["expectations"] if not r["success"]}
+    assert set(failed) == {"expect_column_values_to_be_in_set", "expect_column_value_lengths_to_be_between"}
+    assert failed["expect_column_values_to_be_in_set"]["examples"] == [5]
+    err = capsys.readouterr().err
+    assert "DATA GATE FAILED: unit (2/3 failed)" in err and "expect_column_values_to_be_in_set" in err
+
+    ok = Gate("unit2").scalars("s", {"x": 0.5})
+    ok.expect("s", gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1))
+    assert ok.finish()["success"] is True

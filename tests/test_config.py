@@ -1,0 +1,75 @@
+"""The params schema: every bad value is caught before any work, with a message naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.config import Params, ParamsError, parse_params, read_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_params_file_is_valid():
+    params = read_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "world"
+
+
+def test_micro_params_file_is_valid():
+    read_params(ROOT / "tests" / "params-micro.yaml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"pretrain": {"max_stepz": 3}}, "unknown key 'pretrain.max_stepz'"),
+        ({"bogus_section": {}}, "unknown key 'bogus_section'"),
+        ({"pretrain": {"model": {"n_layers": 2}}}, "unknown key 'pretrain.model.n_layers'"),
+        ({"pretrain": {"max_steps": "many"}}, "'pretrain.max_steps'"),
+        ({"finetune": {"lr": -1.0}}, "'finetune.lr'"),
+        ({"finetune": {"method": "qlora"}}, "'finetune.method'"),
+        ({"seed": -5}, "'seed'"),
+        ({"data": {"source": "s3"}}, "'data.source'"),
+        ({"clean": {"max_drop_share": 1.5}}, "'clean.max_drop_share'"),
+    ],
+)
+def test_bad_params_name_the_key(raw, needle):
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message  # one line
+
+
+def test_cross_field_rule():
+    with pytest.raises(ParamsError, match="divisible"):
+        parse_params({"pretrain": {"model": {"n_embd": 100, "n_head": 3}}})
+
+
+def test_stage_exits_2_before_any_work(tmp_path):
+    """A stage started with a bad params file prints one line, exits 2, and writes nothing."""
+    bad = yaml.safe_load((ROOT / "tests" / "params-micro.yaml").read_text())
+    bad["pretrain"]["max_stepz"] = 10
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: params.yaml: unknown key 'pretrain.max_stepz'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_invalid_yaml_is_a_params_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        read_params(path)
+
+
+def test_finetune_length_must_fit_pretrained_positions():
+    with pytest.raises(ParamsError, match="finetune.max_length"):
+        parse_params({"finetune": {"max_length": 256}, "pretrain": {"model": {"block_size": 128}}})
