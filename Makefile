@@ -47,5 +47,44 @@ bench: setup  ## side-by-side benchmarks (ratios printed; figures go in the READ
 	$(PY) bench/world.py
 	$(PY) bench/orchestration.py
 
-lock:  ## re-pin requirements.lock from the current .venv
-	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > requirements.lock
+lock:  ## re-pin requirements.lock from the current .venv (closure of pyproject's dependencies)
+	{ echo "# Exact versions of every runtime and dev dependency (the closure of pyproject.toml's"; \
+	  echo "# dependencies + dev extra). Regenerate with: make lock"; $(PY) .ci/freeze_lock.py; } > requirements.lock
+
+# --- Prefect ---
+# A local Prefect server, work pools, the deployments of prefect.yaml and a worker; or `make serve`
+# for one process that serves the flows without pools or workers. Nothing listens beyond 127.0.0.1.
+#   make server            # terminal 1: API + UI on http://127.0.0.1:4200
+#   make pools deploy      # once (and after editing prefect.yaml)
+#   make worker POOL=cpu   # terminal 2 (POOL=gpu on the GPU machine)
+#   make sweep GRID='{"finetune.replay_weight": [0, 0.5, 1], "finetune.method": ["full", "lora"]}'
+PREFECT_PORT ?= 4200
+PREFECT_API ?= http://127.0.0.1:$(PREFECT_PORT)/api
+POOL ?= cpu
+GRID ?= {"finetune.replay_weight": [0, 0.5, 1], "finetune.method": ["full", "lora"]}
+PREFECT_CLI := PREFECT_API_URL=$(PREFECT_API) $(VENV)/bin/prefect
+
+.PHONY: serve sweep tradeoffs
+
+server: setup  ## local Prefect server (API + UI) on 127.0.0.1
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+pools: setup  ## process work pools cpu and gpu, and the gpu concurrency limit (one GPU stage at a time)
+	$(PREFECT_CLI) work-pool create cpu --type process --overwrite
+	$(PREFECT_CLI) work-pool create gpu --type process --overwrite
+	$(PREFECT_CLI) gcl create gpu --limit 1 || $(PREFECT_CLI) gcl update gpu --limit 1
+
+deploy: setup  ## the deployments of prefect.yaml (nightly, gpu, sweep), run from this checkout
+	$(PREFECT_CLI) --no-prompt deploy --all
+
+worker: setup  ## a process worker for POOL (cpu or gpu)
+	$(PREFECT_CLI) worker start --pool $(POOL) --type process
+
+serve: setup  ## no server/worker setup: serve the lmpipe and sweep flows from this process
+	$(PY) -m pipelines.flow --serve
+
+sweep: setup  ## a grid of DVC experiments, then the trade-off table and Pareto plot
+	$(PY) -m pipelines.sweep --grid '$(GRID)'
+
+tradeoffs: setup  ## reports/experiments/{index.html,table.csv} from dvc exp show
+	$(PY) -m pipelines.tradeoffs
