@@ -5,14 +5,21 @@ decides what is up to date and a flow run and a `dvc repro` never disagree about
 pipeline. Stage output is streamed line by line into the Prefect run log while it happens.
 
 Failures come in two kinds:
-  data errors   a failed data-quality gate, invalid params, unreadable inputs. Final: the task
-                fails without retrying, downstream tasks never run, and the run says why.
-  infra errors  anything else (a killed process, a locked repo, a lost worker). Retried with
-                backoff, because the same command can succeed a minute later.
+  data errors   a failed data-quality gate, invalid params, unreadable inputs (the stage exits 1
+                or 2 after printing "DATA GATE FAILED" or "error: ..."). Final: the task fails
+                without retrying, downstream tasks never run, and the run says why.
+  infra errors  anything else (a killed process, a locked repo, a lost worker, a crash). Retried
+                with exponential backoff, because the same command can succeed a minute later.
+
+Stages that read `pretrain.device` (pretrain, finetune, evaluate, generate) hold a slot of the
+global concurrency limit `gpu` while they run on a GPU (create it once with
+`prefect gcl create gpu --limit 1`), so two GPU stages never share one GPU, whichever flow runs them.
+They are also tagged `gpu` in the UI.
 
     python -m pipelines.flow                                  # the whole DAG
     python -m pipelines.flow --stages evaluate                # evaluate and its upstream stages
-    python -m pipelines.flow --force --set finetune.lr=1e-3   # as a named DVC experiment
+    python -m pipelines.flow --force -S finetune.lr=1e-3 --name lr-1e-3   # a named DVC experiment
+    python -m pipelines.flow --serve [--cron "0 2 * * *"]     # serve it (and the sweep), no worker
 """
 
 from __future__ import annotations
@@ -20,22 +27,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 
-from pipelines.dag import read_stages, with_upstream
+from pipelines.dag import DEVICE_PARAM, Stage, read_stages, with_upstream
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-GATE_MARKER = "DATA GATE FAILED"
-# Exit codes our stages use for problems in the data or params (stages/artifacts.py, config.py).
+GATE_MARKER = "DATA GATE FAILED"  # stages/gates.py prints it before exiting 1
+# Exit codes our stages use for problems in the data or params: 1 with "error: ..." (StageError,
+# stages/artifacts.py) or a failed gate, 2 with "error: ..." (ParamsError, stages/config.py).
 DATA_EXIT_CODES = {1, 2}
+# `dvc repro` itself always exits 255 when a stage fails; the stage's own code is in its message.
+_DVC_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
+# DVC refusing the stage before running it: no retry makes a missing param or dependency appear.
+_DVC_CONFIG_ERRORS = ("are missing from", "does not exist", "is invalid", "No such file or directory")
+GPU_LIMIT = os.environ.get("LMPIPE_GPU_LIMIT", "gpu")  # one limit per GPU: e.g. gpu-0, gpu-1
+RETRIES = 3
+RETRY_BACKOFF_S = float(os.environ.get("LMPIPE_RETRY_BACKOFF_S", "10"))  # 10, 20, 40 s
 
 
 class DataError(RuntimeError):
@@ -56,25 +79,63 @@ def stream(cmd: list[str], log) -> tuple[int, list[str]]:
     """Run `cmd`, sending each output line to the Prefect log as it arrives."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            bufsize=1, errors="replace")
     lines = []
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        log.info(line)
-    return proc.wait(), lines
+    try:
+        for line in proc.stdout:  # text mode: tqdm's \r also ends a line
+            line = line.rstrip("\n")
+            lines.append(line)
+            if line.strip():
+                log.info(line)
+        return proc.wait(), lines
+    finally:
+        if proc.poll() is None:  # cancelled or crashed while the stage ran: do not orphan it
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def stage_exit_code(dvc_code: int, lines: list[str]) -> int | None:
+    """The stage command's own exit code, from DVC's "exited with N" (None: DVC itself failed)."""
+    for line in reversed(lines):
+        m = _DVC_EXIT.search(line)
+        if m:
+            return int(m.group(1))
+    return None if dvc_code else 0
+
+
+def classify_failure(stage: str, dvc_code: int, lines: list[str]) -> Exception:
+    """DataError for a failed gate or rejected input/params, InfraError for everything else."""
+    code = stage_exit_code(dvc_code, lines)
+    tail = "\n".join(lines[-40:])
+    if code in DATA_EXIT_CODES and any(GATE_MARKER in line for line in lines):
+        return DataError(f"data gate of stage '{stage}' failed (final, not retried):\n{tail}")
+    if code in DATA_EXIT_CODES and any(line.startswith("error: ") for line in lines):
+        return DataError(f"stage '{stage}' rejected its input or params (final, not retried):\n{tail}")
+    if code is None and any(line.startswith("ERROR:") and any(e in line for e in _DVC_CONFIG_ERRORS)
+                            for line in lines):
+        return DataError(f"dvc rejected stage '{stage}' (params, deps or dvc.yaml; final, not retried):\n{tail}")
+    what = f"stage command exited with {code}" if code is not None else f"dvc exited with {dvc_code}"
+    return InfraError(f"stage '{stage}': {what} (infrastructure error, retried):\n{tail}")
 
 
 def only_infra_errors(task, task_run, state) -> bool:
-    """retry_condition_fn: retry infrastructure failures, never data failures."""
-    return not isinstance(state.data, DataError) and "DataError" not in (state.message or "")
+    """retry_condition_fn: retry infrastructure failures, never data failures.
+
+    Prefect hands the raised exception over as `state.data` (see SyncTaskRunEngine.can_retry)."""
+    exc = state.data
+    if isinstance(exc, BaseException):
+        return not isinstance(exc, DataError)
+    return "DataError" not in (state.message or "")
 
 
-def metrics_rows(stage_name: str) -> list[dict]:
+def metrics_rows(stage: Stage) -> list[dict]:
     """Flat key/value rows of the stage's metrics files, for a table artifact."""
     from pipelines.check_metrics import flatten
 
-    stage = read_stages()[stage_name]
     rows = []
     for path in stage.metrics:
         if Path(path).exists():
@@ -83,78 +144,163 @@ def metrics_rows(stage_name: str) -> list[dict]:
     return rows
 
 
-def gate_markdown(stage_name: str) -> str:
+def gate_markdown(stage_name: str, note: str = "") -> str | None:
     path = Path("reports/quality") / f"{stage_name}.json"
     if not path.exists():
-        return f"# {stage_name}: no gate report\n"
+        return None
     q = json.loads(path.read_text())
     status = "passed" if q["success"] else "**FAILED**"
-    lines = [f"# Data-quality gate `{stage_name}`: {status}", "",
-             f"{q['evaluated']} expectations, {q['failed']} failed.", ""]
-    for r in q["expectations"]:
-        if not r["success"]:
-            lines += [f"- `{r['table']}`: **{r['expectation']}** {r['kwargs']}",
-                      f"  - observed: {r['observed']}", f"  - examples: {r['examples']}"]
+    lines = [f"# Data-quality gate `{stage_name}`: {status}", ""]
+    if note:
+        lines += [f"_{note}_", ""]
+    lines += [f"{q['evaluated']} expectations, {q['failed']} failed.", ""]
+    failed = [r for r in q["expectations"] if not r["success"]]
+    if failed:
+        lines += ["| table | expectation | arguments | observed | examples |", "|---|---|---|---|---|"]
+        for r in failed:
+            cells = [r["table"], r["expectation"], json.dumps(r["kwargs"]), str(r["observed"]),
+                     ", ".join(f"`{e}`" for e in r["examples"]) or "-"]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    passed = [r for r in q["expectations"] if r["success"]]
+    if passed:
+        lines += ["", "Passed: " + ", ".join(
+            f"`{r['table']}.{r['expectation']}" + (f"({r['kwargs']['column']})`" if "column" in r["kwargs"] else "`")
+            for r in passed)]
     return "\n".join(lines) + "\n"
 
 
-def _key(name: str) -> str:
-    return name.replace("_", "-").lower()
+def artifact_key(name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
-@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=only_infra_errors, log_prints=True)
-def run_stage(stage: str, force: bool = False) -> str:
-    log = get_run_logger()
-    cmd = [dvc_bin(), "repro", "--single-item", stage] + (["--force"] if force else [])
-    code, lines = stream(cmd, log)
-    if Path(f"reports/quality/{stage}.json").exists():
-        create_markdown_artifact(gate_markdown(stage), key=f"gate-{_key(stage)}",
-                                 description=f"data-quality gate of {stage}")
+def publish_stage_artifacts(stage: Stage, skipped: bool) -> None:
+    note = "stage was up to date (dvc.lock): results of the run that produced these outputs" if skipped else ""
+    md = gate_markdown(stage.name, note)
+    if md:
+        create_markdown_artifact(md, key=f"gate-{artifact_key(stage.name)}",
+                                 description=f"data-quality gate of stage {stage.name}")
     rows = metrics_rows(stage)
     if rows:
-        create_table_artifact(rows, key=f"metrics-{_key(stage)}", description=f"metrics of {stage}")
+        create_table_artifact(rows, key=f"metrics-{artifact_key(stage.name)}",
+                              description=f"metrics of stage {stage.name}")
+
+
+def gpu_requested(params_file: Path = Path("params.yaml")) -> bool:
+    """Will `pretrain.device` put the GPU stages on a CUDA device here? Cheap: no torch import."""
+    try:
+        node = yaml.safe_load(params_file.read_text()) or {}
+        for key in DEVICE_PARAM.split("."):
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        device = node if isinstance(node, str) else "auto"
+    except (OSError, yaml.YAMLError):
+        device = "auto"
+    if device == "cuda":
+        return True
+    if device != "auto" or os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
+@task(retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
+      retry_jitter_factor=0.2, retry_condition_fn=only_infra_errors, cache_policy=NO_CACHE)
+def run_stage(stage: str, force: bool = False, gpu: bool = False) -> str:
+    """`dvc repro --single-item <stage>`, streamed to the run log; artifacts for its gate and metrics."""
+    log = get_run_logger()
+    spec = read_stages()[stage]
+    cmd = [dvc_bin(), "repro", "--single-item", stage] + (["--force"] if force else [])
+    if gpu and spec.uses_device:
+        from prefect.concurrency.sync import concurrency
+
+        log.info(f"waiting for a slot of concurrency limit '{GPU_LIMIT}'")
+        with concurrency(GPU_LIMIT, occupy=1):
+            code, lines = stream(cmd, log)
+    else:
+        code, lines = stream(cmd, log)
+    skipped = code == 0 and any("didn't change, skipping" in line for line in lines)
+    try:
+        publish_stage_artifacts(spec, skipped)
+    except Exception as err:  # an artifact is never worth failing (or retrying) a finished stage
+        log.warning(f"could not publish artifacts of {stage}: {err!r}")
     if code == 0:
-        skipped = any("didn't change, skipping" in line for line in lines)
         return "skipped (up to date)" if skipped else "ran"
-    text = "\n".join(lines[-40:])
-    if GATE_MARKER in text:
-        raise DataError(f"data gate of stage '{stage}' failed (final, not retried):\n{text}")
-    if code in DATA_EXIT_CODES and "error:" in text:
-        raise DataError(f"stage '{stage}' rejected its input or params (final, not retried):\n{text}")
-    raise InfraError(f"stage '{stage}' exited with code {code}:\n{text}")
+    raise classify_failure(stage, code, lines)
+
+
+def summary_markdown(results: dict, timings: dict, failure: str = "", experiment: str = "",
+                     report_ran: bool = True) -> str:
+    lines = ["# lmpipe run", ""]
+    if failure:
+        lines += [f"**Failed:** {failure}", ""]
+    lines += ["| stage | result | seconds |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {timings[k]:.1f} |" if k in timings else f"| {k} | {v} | - |"
+              for k, v in results.items()]
+    if experiment:
+        lines += ["", f"Saved as DVC experiment: {experiment} (`dvc exp show`)."]
+    report = Path("reports/index.html")
+    if report.exists():
+        when = "" if report_ran else " (from an earlier run: this run did not include the report stage)"
+        lines += ["", f"HTML report{when}: [{report}]({report.resolve().as_uri()}) — `{report.resolve()}` on "
+                      "the machine that ran the flow; `dvc metrics show` / `dvc plots show` for the rest."]
+    return "\n".join(lines) + "\n"
 
 
 @flow(name="lmpipe", log_prints=True)
-def lmpipe(stages: list[str] | None = None, force: bool = False, params: dict[str, str] | None = None,
+def lmpipe(stages: list[str] | None = None, force: bool = False, params: dict[str, Any] | None = None,
            experiment: str | None = None) -> dict:
     """Run the DVC DAG (or `stages` and their upstream) as one Prefect task per stage.
 
-    `params` overrides (dotted keys, as `dvc exp run -S`) are written into params.yaml and the
-    finished workspace is saved as a named DVC experiment (`dvc exp save`), so it appears in
-    `dvc exp show` next to runs started from the command line.
+    `params` overrides (dotted keys, as `dvc exp run -S`) are validated against the schema before
+    any stage runs, written into params.yaml, and the finished workspace is saved as a DVC
+    experiment (`dvc exp save`, named `experiment` if given; a name alone saves a run without
+    overrides too), so it appears in `dvc exp show` next to runs started from the command line. As with `dvc exp run`, the workspace keeps the
+    experiment's params and results afterwards.
     """
     log = get_run_logger()
     dag = read_stages()
-    order = with_upstream(stages, dag) if stages else list(with_upstream(list(dag), dag))
+    order = with_upstream(list(stages) if stages else list(dag), dag)
+    overrides = {}
     if params:
-        from pipelines.experiments import apply_overrides
+        from pipelines.experiments import apply_overrides, validate_overrides
 
-        apply_overrides(Path("params.yaml"), params)
-        log.info(f"params overrides applied: {params}")
-    log.info(f"stages to run: {order}")
-    results = {}
-    for name in order:
-        results[name] = run_stage.with_options(name=f"stage:{name}")(name, force)
-    if params:
+        overrides = validate_overrides(params)  # a bad key or value fails before any stage
+        apply_overrides(Path("params.yaml"), overrides)
+        log.info(f"params overrides applied to params.yaml: {overrides}")
+    gpu = gpu_requested()
+    log.info(f"stages to run: {order}" + (f" (GPU stages hold concurrency slot '{GPU_LIMIT}')" if gpu else ""))
+
+    results, timings = {}, {}
+    for i, name in enumerate(order):
+        tags = ["lmpipe", "gpu"] if gpu and dag[name].uses_device else ["lmpipe"]
+        start = time.perf_counter()
+        try:
+            results[name] = run_stage.with_options(task_run_name=f"stage:{name}", tags=tags)(name, force, gpu)
+        except Exception as err:  # DataError, InfraError after its retries, or anything unexpected
+            timings[name] = time.perf_counter() - start
+            final = isinstance(err, DataError)
+            results[name] = "FAILED: data error (final, not retried)" if final else \
+                f"FAILED: infrastructure error (after {RETRIES} retries)"
+            not_run = order[i + 1:]
+            results |= {n: "not run" for n in not_run}
+            reason = (f"stage '{name}' " + ("failed its data gate or rejected its input (final, not retried)"
+                                            if final else f"failed with an infrastructure error after {RETRIES} retries")
+                      + f"; stages not run: {', '.join(not_run) or 'none'}")
+            log.error(reason)
+            create_markdown_artifact(summary_markdown(results, timings, reason, report_ran=False), key="lmpipe-summary",
+                                     description="run summary")
+            raise
+        timings[name] = time.perf_counter() - start
+
+    saved = ""
+    if overrides or experiment:
         from pipelines.experiments import save_experiment
 
-        results["experiment"] = save_experiment(experiment)
-    summary = ["# lmpipe run", "", "| stage | result |", "|---|---|"]
-    summary += [f"| {k} | {v} |" for k, v in results.items()]
-    report = Path("reports/index.html")
-    if report.exists():
-        summary += ["", f"HTML report: `{report.resolve()}` (open it in a browser)."]
-    create_markdown_artifact("\n".join(summary) + "\n", key="lmpipe-summary", description="run summary")
+        include = sorted({p for s in dag.values() for p in s.untracked})
+        saved = save_experiment(experiment, include)
+        results["experiment"] = saved
+        log.info(saved)
+    create_markdown_artifact(summary_markdown(results, timings, experiment=saved, report_ran="report" in order),
+                             key="lmpipe-summary", description="run summary")
     return results
 
 
@@ -165,10 +311,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
                     help="param override (as dvc exp run -S); saves the run as a DVC experiment")
     ap.add_argument("--name", help="experiment name for --set runs")
+    ap.add_argument("--serve", action="store_true",
+                    help="serve the lmpipe and sweep flows from this process (no work pool or worker needed)")
+    ap.add_argument("--cron", help="with --serve: schedule for the full run, e.g. '0 2 * * *'")
     args = ap.parse_args(argv)
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    state = lmpipe(stages=args.stages or None, force=args.force, params=overrides or None,
-                   experiment=args.name, return_state=True)
+    # Import through the package so a served deployment's entrypoint is pipelines/flow.py:lmpipe,
+    # not __main__.
+    from pipelines import flow as this
+    from pipelines.experiments import normalize
+
+    if args.serve:
+        from prefect import serve
+
+        from pipelines.sweep import sweep
+
+        serve(this.lmpipe.to_deployment(name="lmpipe-serve", cron=args.cron, tags=["lmpipe"]),
+              sweep.to_deployment(name="sweep-serve", tags=["lmpipe", "sweep"]))
+        return 0
+    state = this.lmpipe(stages=args.stages or None, force=args.force, params=normalize(args.set) or None,
+                        experiment=args.name, return_state=True)
     return 0 if state.is_completed() else 1
 
 

@@ -33,7 +33,7 @@ def read_prompts(path: Path = Path("data/raw/prompts.jsonl")) -> list[dict]:
     return prompts
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def continue_prompts(model, tokenizer, prompts: list[str], p: GenerateParams, seed: int, device) -> list[str]:
     """Continue all prompts in one left-padded batch (one forward per new token for the whole
     batch). The generator is re-seeded per model, so both models draw from the same stream."""
@@ -51,6 +51,9 @@ def continue_prompts(model, tokenizer, prompts: list[str], p: GenerateParams, se
 
 
 def quality(texts: list[str]) -> dict:
+    """Generation-quality metrics of one model's samples (see stages/scoring.py)."""
+    if not texts:
+        raise StageError("no samples to score")
     return {
         "distinct_1": scoring.distinct_n(texts, 1),
         "distinct_2": scoring.distinct_n(texts, 2),
@@ -61,8 +64,20 @@ def quality(texts: list[str]) -> dict:
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["# Samples: base vs fine-tuned", "", "| domain | prompt | base | finetuned |", "|---|---|---|---|"]
+def markdown(rows: list[dict], p: GenerateParams | None = None, seed: int | None = None,
+             metrics: dict | None = None) -> str:
+    """Samples side by side (one row per prompt and sample), with the sampling settings and the
+    metrics above them so the file reads on its own."""
+    lines = ["# Samples: base vs fine-tuned", ""]
+    if p is not None:
+        lines += [f"Sampling: temperature {p.temperature}, top-k {p.top_k}, top-p {p.top_p}, "
+                  f"max_new_tokens {p.max_new_tokens}, seed {seed}, {p.samples_per_prompt} sample(s) per prompt.", ""]
+    if metrics:
+        keys = list(next(iter(metrics.values())))
+        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |" for name, m in metrics.items()]
+        lines.append("")
+    lines += ["| domain | prompt | base | finetuned |", "|---|---|---|---|"]
     cell = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
     for r in rows:
         lines.append(f"| {r['domain']} | {cell(r['prompt'])} | {cell(r['base'])} | {cell(r['finetuned'])} |")
@@ -87,17 +102,23 @@ def main() -> None:
             row[name] = text
         print(f"[generate] {name}: {len(rows)} samples", flush=True)
 
-    write_jsonl(SAMPLES / "samples.jsonl", rows)
-    write_text(SAMPLES / "samples.md", markdown(rows))
     metrics = {name: quality([r[name] for r in rows]) for name in MODELS}
+    write_jsonl(SAMPLES / "samples.jsonl", rows)
+    write_text(SAMPLES / "samples.md", markdown(rows, p, params.seed, metrics))
     write_json("metrics/generate.json", metrics)
     for name, m in metrics.items():
         print(f"[generate] {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()), flush=True)
 
-    gate = Gate("generate").table("samples", pd.DataFrame(rows))
+    scores = pd.DataFrame([{"model": name, **m} for name, m in metrics.items()])
+    gate = Gate("generate").table("samples", pd.DataFrame(rows)).table("metrics", scores)
     for name in MODELS:
         gate.expect("samples", gxe.ExpectColumnValuesToNotBeNull(column=name))
     gate.expect("samples", gxe.ExpectTableRowCountToEqual(value=len(prompts) * p.samples_per_prompt))
+    for key in metrics["base"]:  # finite (NaN would be skipped by a range check) and in range
+        gate.expect("metrics", gxe.ExpectColumnValuesToNotBeNull(column=key))
+    for key in ("distinct_1", "distinct_2", "repeat_4gram", "degenerate_share"):
+        gate.expect("metrics", gxe.ExpectColumnValuesToBeBetween(column=key, min_value=0, max_value=1))
+    gate.expect("metrics", gxe.ExpectColumnValuesToBeBetween(column="mean_sentence_words", min_value=0))
     gate.finish()
 
 

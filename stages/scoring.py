@@ -7,6 +7,7 @@ the same interval.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 
@@ -54,21 +55,45 @@ def expected_calibration_error(probs, y_true, bins: int = 10) -> float:
     return float(ece)
 
 
+def _resampled_means(values, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `n` bootstrap resamples (same size, with replacement) of `values`.
+
+    For a 0/1 vector the number of ones in a resample is Binomial(len, mean), exactly, so we draw
+    that instead of materializing an n × len index matrix: the same distribution in O(n) time and
+    memory, whatever the test-set size. Other values are resampled the ordinary way."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return np.full(n, np.nan)
+    if np.isin(values, (0.0, 1.0)).all():
+        return rng.binomial(values.size, values.mean(), size=n) / values.size
+    return rng.choice(values, size=(n, values.size), replace=True).mean(axis=1)
+
+
 def bootstrap_ci(correct, n: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean of a 0/1 'correct' vector."""
-    correct = np.asarray(correct, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(correct, size=(n, len(correct)), replace=True).mean(axis=1)
+    """Percentile bootstrap interval for the mean of `correct` (a 0/1 vector: accuracy)."""
+    means = _resampled_means(correct, n, np.random.default_rng(seed))
+    if np.isnan(means).any():
+        return float("nan"), float("nan")
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def bootstrap_gap_ci(correct_id, correct_shift, n: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Interval for accuracy(id) − accuracy(shift), resampling the two test sets independently."""
+    """Interval for accuracy(id) − accuracy(shift), resampling the two test sets independently.
+    (Several shifts are row-aligned copies of the test set, where a paired bootstrap would be
+    narrower; independent resampling is valid for every shift, aligned or not, and conservative.)"""
     rng = np.random.default_rng(seed)
-    a = np.asarray(correct_id, dtype=np.float64)
-    b = np.asarray(correct_shift, dtype=np.float64)
-    gaps = (rng.choice(a, size=(n, len(a))).mean(axis=1) - rng.choice(b, size=(n, len(b))).mean(axis=1))
+    gaps = _resampled_means(correct_id, n, rng) - _resampled_means(correct_shift, n, rng)
+    if np.isnan(gaps).any():
+        return float("nan"), float("nan")
     return float(np.quantile(gaps, alpha / 2)), float(np.quantile(gaps, 1 - alpha / 2))
+
+
+def gap_summary(id_accuracy: float, shift_accuracy: dict[str, float]) -> dict[str, float]:
+    """Accuracy gap per shift (id − shift; positive = worse on the shift) and their mean and max
+    (0 when there are no shifts)."""
+    gaps = {name: id_accuracy - acc for name, acc in shift_accuracy.items()}
+    values = list(gaps.values())
+    return gaps | {"mean": float(np.mean(values)) if values else 0.0, "max": float(np.max(values)) if values else 0.0}
 
 
 # --- generation quality -------------------------------------------------------------------------
@@ -101,6 +126,7 @@ def mean_sentence_words(texts: list[str]) -> float:
     return float(np.mean([len(_words(s)) for s in sentences])) if sentences else 0.0
 
 
+@functools.lru_cache(maxsize=65536)
 def syllables(word: str) -> int:
     """Syllables from pyphen's hyphenation points (what textstat falls back to). We do not use
     textstat itself: its current releases download the CMU dictionary through nltk at run time,
