@@ -42,10 +42,11 @@ lint: setup
 	ruff check .
 
 bench: setup  ## side-by-side benchmarks (ratios printed; figures go in the README)
-	$(PY) bench/pretrain.py
-	$(PY) bench/tokenize.py
-	$(PY) bench/world.py
-	$(PY) bench/orchestration.py
+	$(PY) -m bench.pretrain
+	$(PY) -m bench.tokenize_corpus
+	$(PY) -m bench.world
+	$(PY) -m bench.clean
+	$(PY) -m bench.orchestration
 
 lock:  ## re-pin requirements.lock from the current .venv (closure of pyproject's dependencies)
 	{ echo "# Exact versions of every runtime and dev dependency (the closure of pyproject.toml's"; \

@@ -193,7 +193,8 @@ class EvaluateParams(Section):
     bootstrap: int = Field(1000, ge=10)
     ece_bins: int = Field(10, ge=2)
     latency_runs: int = Field(30, ge=1)
-    lm_batches: int = Field(40, ge=1)
+    lm_batches: int = Field(16, ge=1)
+    capability_rows: int = Field(128, ge=1)  # texts per split for the capability check
     gate: GateEvaluate = GateEvaluate()
 
 

@@ -17,7 +17,7 @@ shifts keep the character count (typos change it by one per typo), so per-charac
 text and of its shifted copy compare like with like.
 
 Speed: every split is tokenized once; batches are length-sorted (little padding) and run under
-`torch.inference_mode`; the capability losses use the first `CAPABILITY_ROWS` rows of each split
+`torch.inference_mode`; the capability losses use the first `evaluate.capability_rows` rows of each split
 (the encoded shifts are row-aligned with the test split, so the ratio is paired).
 """
 
@@ -46,8 +46,6 @@ PLOTS = Path("plots/evaluate")
 CAPABILITY_RATIO = 1.5
 # A gap larger than this (accuracy points) whose interval excludes 0 counts as "did not transfer".
 GAP_THRESHOLD = 0.05
-# Texts per split for the capability losses (nats/char on ~128 texts varies by a few percent).
-CAPABILITY_ROWS = 128
 LM_BATCH = 16  # windows per LM-loss batch (evaluate.lm_batches of them, the same for both models)
 THROUGHPUT_BATCH = 32
 
@@ -198,7 +196,7 @@ def evaluate(params) -> dict:
     lm["tokens"] = p.lm_batches * LM_BATCH * block
 
     # --- capability vs behaviour per shift (base model, nats per character) --------------------
-    rows = getattr(p, "capability_rows", CAPABILITY_ROWS)
+    rows = p.capability_rows
     ctx = base.config.n_positions
     plain = text_lm_loss(base, tokenizer, ids["id"][:rows], p.batch_size, ctx, device)
     capability = {"plain_loss": plain["per_token"], "plain_loss_per_char": plain["per_char"],
