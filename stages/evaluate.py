@@ -24,7 +24,6 @@ Speed: every split is tokenized once; batches are length-sorted (little padding)
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -267,12 +266,7 @@ def gate(ev: dict, p) -> None:
     missing = [k for k, v in facts.items() if v is None]
     if missing:
         explain.append(f"not finite: {', '.join(missing)}")
-    try:
-        g.finish()
-    except SystemExit:
-        for line in explain:
-            print(f"  evaluate gate: {line}", file=sys.stderr, flush=True)
-        raise
+    g.finish(hints=explain)
 
 
 def main() -> None:

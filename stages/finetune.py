@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -382,12 +381,7 @@ def gate(metrics: dict, p: FinetuneParams) -> None:
     if train_check["leaks"].any():
         explain.append(f"{int(train_check['leaks'].sum())} training texts also occur in validation, test or"
                        " a shift split (after normalizing case and punctuation)")
-    try:
-        gate.finish()
-    except SystemExit:
-        for line in explain:
-            print(f"  finetune gate: {line}", file=sys.stderr, flush=True)
-        raise
+    gate.finish(hints=explain)
 
 
 def main() -> None:

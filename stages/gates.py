@@ -84,7 +84,9 @@ class Gate:
         write_json(QUALITY_DIR / f"{self.stage}.json", report)
         return report
 
-    def finish(self) -> dict:
+    def finish(self, hints: list[str] = ()) -> dict:
+        """Validate, write the report, and on failure exit 1 after printing each failed
+        expectation and the stage's plain-language `hints` (what to change, and where)."""
         report = self.run()
         if report["success"]:
             print(f"[gate] {self.stage}: {report['evaluated']} expectations passed", flush=True)
@@ -94,6 +96,7 @@ class Gate:
             if not r["success"]:
                 lines.append(f"  - {r['table']}: {r['expectation']} {r['kwargs']}")
                 lines.append(f"      observed: {r['observed']}; examples: {r['examples']}")
+        lines += [f"  {self.stage} gate: {hint}" for hint in hints]
         lines.append(f"  full report: {QUALITY_DIR / (self.stage + '.json')}")
         print("\n".join(lines), file=sys.stderr, flush=True)
         raise SystemExit(GATE_EXIT_CODE)

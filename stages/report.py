@@ -346,14 +346,7 @@ def gate(d: dict, figures: list[Path]) -> None:
     if len(files):
         g.expect("figures", gxe.ExpectColumnValuesToBeInSet(column="png", value_set=[True]))
     bad = [k for k, v in facts.items() if v is None]
-    try:
-        g.finish()
-    except SystemExit:
-        if bad:
-            import sys
-
-            print(f"  report gate: not finite (NaN/inf, written as null): {', '.join(bad[:10])}", file=sys.stderr)
-        raise
+    g.finish(hints=[f"not finite (NaN/inf, written as null): {', '.join(bad[:10])}"] if bad else [])
 
 
 def _is_png(path: Path) -> bool:

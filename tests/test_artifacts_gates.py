@@ -56,7 +56,7 @@ def test_gate_pass_and_fail(tmp_path, monkeypatch, capsys):
     gate.expect("t", gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1))
     gate.expect("t", gxe.ExpectColumnValuesToNotBeNull(column="text"))
     with pytest.raises(SystemExit) as exit_info:
-        gate.finish()
+        gate.finish(hints=["labels must be 0 or 1: fix data.files.label_map"])
     assert exit_info.value.code == GATE_EXIT_CODE
     report = json.loads((tmp_path / "reports/quality/unit.json").read_text())
     assert report["success"] is False and report["evaluated"] == 3 and report["failed"] == 2
@@ -65,6 +65,7 @@ def test_gate_pass_and_fail(tmp_path, monkeypatch, capsys):
     assert failed["expect_column_values_to_be_in_set"]["examples"] == [5]
     err = capsys.readouterr().err
     assert "DATA GATE FAILED: unit (2/3 failed)" in err and "expect_column_values_to_be_in_set" in err
+    assert "  unit gate: labels must be 0 or 1: fix data.files.label_map" in err
 
     ok = Gate("unit2").scalars("s", {"x": 0.5})
     ok.expect("s", gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1))
