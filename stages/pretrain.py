@@ -37,17 +37,18 @@ import torch
 from stages.artifacts import atomic_path, run_stage, seed_everything, set_threads, write_json
 from stages.config import PretrainParams, load_params
 from stages.modeling import (
+    LMLoss,
     autocast,
     eval_lm_loss,
     flops_per_token,
     keep_freed_memory,
-    lm_loss,
     load_meta,
     open_shard,
     peak_flops,
     perplexity,
     resolve_device,
     sample_blocks,
+    to_device,
     unigram_loss,
 )
 
@@ -126,14 +127,14 @@ def mfu(flops_token: float, tokens_per_s: float, peak: float) -> float:
 
 def train_step(model, optimizer, data: np.ndarray, p: PretrainParams, *, step: int, total: int,
                seed: int, rank: int = 0, device: torch.device = torch.device("cpu"),
-               fwd_model=None, ddp=None) -> torch.Tensor:
+               loss_fn=None, ddp=None) -> torch.Tensor:
     """One optimizer step of `grad_accum` micro-batches; returns the mean loss as a 0-d tensor
     (no `.item()`: on a GPU that would stall the pipeline every step; the caller syncs when it logs).
 
-    `fwd_model` is what runs forward (DDP and/or compiled wrapper of `model`), `ddp` the DDP
-    wrapper itself (for no_sync). The batch depends on (seed, step, rank) only, so a resumed run
-    continues the same data order."""
-    fwd_model = fwd_model if fwd_model is not None else model
+    `loss_fn(x, y)` computes the loss: `LMLoss(model)`, possibly inside DDP and/or torch.compile
+    (the default is the bare `LMLoss(model)`); `ddp` is the DDP wrapper itself (for no_sync).
+    The batch depends on (seed, step, rank) only, so a resumed run continues the same data order."""
+    loss_fn = loss_fn if loss_fn is not None else LMLoss(model)
     lr = lr_at(step, p, total)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -141,12 +142,12 @@ def train_step(model, optimizer, data: np.ndarray, p: PretrainParams, *, step: i
     loss_sum = torch.zeros((), device=device)
     for micro in range(p.grad_accum):
         x, y = sample_blocks(data, p.model.block_size, p.batch_size, rng)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), to_device(y, device)
         last = micro == p.grad_accum - 1
         # DDP: all-reduce gradients once, on the last micro-step
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
             with autocast(device, p.dtype):
-                loss = lm_loss(fwd_model, x, y)
+                loss = loss_fn(x, y)
             (loss / p.grad_accum if p.grad_accum > 1 else loss).backward()
         loss_sum += loss.detach()
     if p.grad_clip:
@@ -289,13 +290,15 @@ def train(params, out_dir: Path = BASE_DIR, on_step: Callable[[int], None] | Non
     fingerprint = run_fingerprint(p, params.seed, meta, world)
     start, history, (window_loss, window_steps) = load_checkpoint(model, optimizer, fingerprint)
 
-    fwd_model, ddp = model, None
+    # model -> loss module -> DDP -> compile: the order torch documents for compiling DDP, and the
+    # loss inside the compiled graph (LMLoss says why)
+    loss_fn, ddp = LMLoss(model), None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        fwd_model = ddp = DistributedDataParallel(model)  # broadcasts rank 0's weights
+        loss_fn = ddp = DistributedDataParallel(loss_fn)  # broadcasts rank 0's weights
     if p.compile:
-        fwd_model = torch.compile(fwd_model)
+        loss_fn = torch.compile(loss_fn)
 
     tokens_per_step = p.batch_size * p.grad_accum * block * world
     fpt = flops_per_token(flop_params(model), p.model.n_layer, p.model.n_head,
@@ -316,7 +319,7 @@ def train(params, out_dir: Path = BASE_DIR, on_step: Callable[[int], None] | Non
         for step in range(start, steps):
             loss_window += train_step(model, optimizer, train_data, p, step=step, total=steps,
                                       seed=params.seed, rank=rank, device=device,
-                                      fwd_model=fwd_model, ddp=ddp)
+                                      loss_fn=loss_fn, ddp=ddp)
             steps_in_window += 1
             loss_steps += 1
             t_step_end = time.perf_counter()

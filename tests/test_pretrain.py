@@ -270,3 +270,15 @@ def test_gate_rejects_nan_and_val_above_unigram(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "reports/quality/pretrain.json").read_text())
     failed = {r["kwargs"].get("column") for r in report["expectations"] if not r["success"]}
     assert {"all_finite", "val_minus_unigram"} <= failed
+
+
+
+def test_compiled_loss_trains_like_eager(shards, reference, tmp_path, monkeypatch):
+    """`compile: true` (model and loss compiled as one graph, LMLoss) learns what eager learns:
+    the same logged losses up to kernel rounding, over the same 20 steps."""
+    monkeypatch.chdir(workspace(shards, tmp_path))
+    out = train(tiny_params(compile=True))
+    got = [h["train_loss"] for h in out["history"] if "train_loss" in h]
+    ref = [h["train_loss"] for h in reference["out"]["history"] if "train_loss" in h]
+    assert got == pytest.approx(ref, abs=2e-3)
+    assert out["result"]["val_loss"] == pytest.approx(reference["out"]["result"]["val_loss"], abs=2e-3)
