@@ -130,8 +130,8 @@ class LMLoss(torch.nn.Module):
     With `torch.compile` the loss is then inside the compiled graph, so the compiler fuses the
     vocabulary-sized tail (logits upcast, log-softmax, NLL) instead of writing and re-reading
     B x T x vocab tensors: ~1.17x the steps/s of compiling the model alone for GPT-2 small on an
-    H200, ~1.7x for the default model on CPU (bench/pretrain.py --compile). Eager, it is exactly
-    `lm_loss`. (A chunked fused head loss, Liger-style, was measured too: no faster on CPU once
+    H200 (bench/pretrain.py --device cuda --compile; on CPU, for the default model, 1.02x).
+    Eager, it is exactly `lm_loss`. (A chunked fused head loss, Liger-style, was measured too: no faster on CPU once
     `keep_freed_memory` removes the page faults of the big buffers, so it is not here.)"""
 
     def __init__(self, lm):
