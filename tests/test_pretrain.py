@@ -282,3 +282,52 @@ def test_compiled_loss_trains_like_eager(shards, reference, tmp_path, monkeypatc
     ref = [h["train_loss"] for h in reference["out"]["history"] if "train_loss" in h]
     assert got == pytest.approx(ref, abs=2e-3)
     assert out["result"]["val_loss"] == pytest.approx(reference["out"]["result"]["val_loss"], abs=2e-3)
+
+
+# --- the CUDA path: skipped where there is no GPU (CI has none); run on a GPU machine with
+# `pytest tests/test_pretrain.py -k cuda` --------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def sigterm_at(step: int):
+    def on_step(done: int) -> None:
+        if done == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_step
+
+
+@cuda
+def test_cuda_bf16_trains_resumes_and_saves(shards, tmp_path, monkeypatch):
+    """device auto -> cuda with bf16 autocast, pinned batches and the CUDA RNG in the checkpoint:
+    it learns, an interrupted run resumes to what an uninterrupted one reaches (bf16 kernels may
+    round differently run to run, hence loose tolerances), and the saved model loads on the CPU."""
+    monkeypatch.chdir(workspace(shards, tmp_path / "whole"))
+    whole = train(tiny_params(device="auto"))
+    result = whole["result"]
+    losses = [h["train_loss"] for h in whole["history"] if "train_loss" in h]
+    assert result["device"] == "cuda" and losses[-1] < losses[0] - 1.0
+    assert result["val_loss"] < result["unigram_loss"] - 0.3 and 0 < result["mfu"] < 1
+
+    monkeypatch.chdir(workspace(shards, tmp_path / "resumed"))
+    with pytest.raises(SystemExit):
+        train(tiny_params(device="auto"), on_step=sigterm_at(7))
+    assert "rng_cuda" in torch.load(CKPT_DIR / "state.pt", weights_only=True)
+    resumed = train(tiny_params(device="auto"))
+    assert resumed["result"]["val_loss"] == pytest.approx(result["val_loss"], abs=0.03)
+    expected = load_weights(tmp_path / "whole/models/base")
+    for name, tensor in load_weights(tmp_path / "resumed/models/base").items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=3e-2, msg=name)
+    from transformers import GPT2LMHeadModel
+
+    assert GPT2LMHeadModel.from_pretrained(tmp_path / "resumed/models/base").device.type == "cpu"
+
+
+@cuda
+def test_cuda_compiled_loss_trains_like_eager(shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(workspace(shards, tmp_path / "eager"))
+    eager = [h["train_loss"] for h in train(tiny_params(device="cuda"))["history"] if "train_loss" in h]
+    monkeypatch.chdir(workspace(shards, tmp_path / "compiled"))
+    compiled = [h["train_loss"] for h in train(tiny_params(device="cuda", compile=True))["history"]
+                if "train_loss" in h]
+    assert compiled == pytest.approx(eager, abs=0.05)
