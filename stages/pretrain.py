@@ -167,9 +167,10 @@ def run_fingerprint(p: PretrainParams, seed: int, meta: dict, world: int) -> str
 
 
 def save_checkpoint(model, optimizer, step: int, fingerprint: str, history: list,
-                    window: tuple[float, int] = (0.0, 0)) -> None:
+                    window: tuple[float, int] = (0.0, 0), wall_s: float = 0.0) -> None:
     """Weights, optimizer and RNG state, plus the logged history and the open loss window (so a
-    resumed run logs the same losses as an uninterrupted one), written atomically."""
+    resumed run logs the same losses as an uninterrupted one) and the training seconds so far
+    (so `wall_s` counts every process of an interrupted run), written atomically."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "rng_cpu": torch.get_rng_state()}  # dropout masks continue where they stopped
     if torch.cuda.is_available():
@@ -178,18 +179,20 @@ def save_checkpoint(model, optimizer, step: int, fingerprint: str, history: list
         tmp.mkdir()
         torch.save(state, tmp / "state.pt")
         (tmp / "progress.json").write_text(json.dumps(
-            {"step": step, "fingerprint": fingerprint, "history": history, "window": list(window)}))
+            {"step": step, "fingerprint": fingerprint, "history": history, "window": list(window),
+             "wall_s": wall_s}))
 
 
 def load_checkpoint(model, optimizer, fingerprint: str):
-    """Return (step, history, window) of a matching checkpoint, or (0, [], (0.0, 0)) to start fresh."""
+    """Return (step, history, window, wall_s) of a matching checkpoint, or a fresh start's."""
+    fresh = 0, [], (0.0, 0), 0.0
     progress_file = CKPT_DIR / "progress.json"
     if not progress_file.exists():
-        return 0, [], (0.0, 0)
+        return fresh
     progress = json.loads(progress_file.read_text())
     if progress["fingerprint"] != fingerprint:
         print(f"[pretrain] ignoring checkpoint from a different config ({CKPT_DIR})", flush=True)
-        return 0, [], (0.0, 0)
+        return fresh
     # weights_only: never unpickle arbitrary objects from disk
     state = torch.load(CKPT_DIR / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -200,7 +203,7 @@ def load_checkpoint(model, optimizer, fingerprint: str):
     if os.environ.get("RANK", "0") == "0":
         print(f"[pretrain] resuming from step {progress['step']}", flush=True)
     loss_sum, n = progress.get("window", (0.0, 0))
-    return progress["step"], progress["history"], (float(loss_sum), int(n))
+    return progress["step"], progress["history"], (float(loss_sum), int(n)), float(progress.get("wall_s", 0.0))
 
 
 class StopFlag:
@@ -288,7 +291,7 @@ def train(params, out_dir: Path = BASE_DIR, on_step: Callable[[int], None] | Non
     optimizer = make_optimizer(model, p)
     steps = total_steps(p, world)
     fingerprint = run_fingerprint(p, params.seed, meta, world)
-    start, history, (window_loss, window_steps) = load_checkpoint(model, optimizer, fingerprint)
+    start, history, (window_loss, window_steps), wall_before = load_checkpoint(model, optimizer, fingerprint)
 
     # model -> loss module -> DDP -> compile: the order torch documents for compiling DDP, and the
     # loss inside the compiled graph (LMLoss says why)
@@ -357,7 +360,8 @@ def train(params, out_dir: Path = BASE_DIR, on_step: Callable[[int], None] | Non
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop = bool(flag.item())
             if rank == 0 and (done % p.checkpoint_every == 0 or stop) and done < steps:
-                save_checkpoint(model, optimizer, done, fingerprint, history, (loss_window.item(), loss_steps))
+                save_checkpoint(model, optimizer, done, fingerprint, history, (loss_window.item(), loss_steps),
+                                wall_before + time.perf_counter() - t_start)
             if stop:
                 if dist is not None:
                     dist.barrier()  # rank 0's checkpoint is complete before anyone exits
@@ -368,7 +372,7 @@ def train(params, out_dir: Path = BASE_DIR, on_step: Callable[[int], None] | Non
             else:
                 excluded += time.perf_counter() - t_step_end
 
-    wall = time.perf_counter() - t_start
+    wall = wall_before + time.perf_counter() - t_start  # all processes of a resumed run
     result = None
     if rank == 0:
         final_val = history[-1]["val_loss"]  # evaluated at the last step

@@ -142,9 +142,13 @@ def test_resume_after_sigterm_matches_uninterrupted(shards, reference, tmp_path,
         train(tiny_params(), on_step=sigterm_at_7)
     assert exc.value.code == 143
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
-    assert json.loads((CKPT_DIR / "progress.json").read_text())["step"] == 7
+    progress = json.loads((CKPT_DIR / "progress.json").read_text())
+    assert progress["step"] == 7 and progress["wall_s"] > 0
     assert not Path("models/base").exists()
+    # wall_s counts both processes' training time: mark the first one's so it is recognizable
+    (CKPT_DIR / "progress.json").write_text(json.dumps({**progress, "wall_s": 1000.0}))
     out = train(tiny_params())  # resumes from step 7
+    assert 1000.0 < out["result"]["wall_s"] < 1000.0 + 120
     assert [h["step"] for h in out["history"]] == [h["step"] for h in reference["out"]["history"]]
     assert out["result"]["val_loss"] == pytest.approx(reference["out"]["result"]["val_loss"], abs=1e-6)
     assert_same_run(tmp_path, reference)
