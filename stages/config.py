@@ -195,6 +195,10 @@ class EvaluateParams(Section):
     latency_runs: int = Field(30, ge=1)
     lm_batches: int = Field(16, ge=1)
     capability_rows: int = Field(128, ge=1)  # texts per split for the capability check
+    # verdicts per shift: base-model LM loss per character at most this many times its loss on
+    # plain text = "the model can read it" (encodings never seen in pretraining sit at 3x or more)
+    capability_ratio: float = Field(1.5, gt=1.0)
+    gap_threshold: float = Field(0.05, ge=0, le=1)  # accuracy gap that counts as "did not transfer"
     gate: GateEvaluate = GateEvaluate()
 
 

@@ -34,17 +34,12 @@ import torch
 
 from stages import scoring
 from stages.artifacts import read_json, read_parquet, run_stage, seed_everything, set_threads, write_json
-from stages.config import load_params
+from stages.config import EvaluateParams, load_params
 from stages.gates import Gate
 from stages.modeling import eval_lm_loss, load_meta, open_shard, perplexity, resolve_device
 
 TASK_DIR = Path("data/raw/task")
 PLOTS = Path("plots/evaluate")
-# Base-model LM loss per character on shifted text at most this many times its loss on plain text
-# counts as "the model can read it". Encodings never seen in pretraining sit at 3x or more.
-CAPABILITY_RATIO = 1.5
-# A gap larger than this (accuracy points) whose interval excludes 0 counts as "did not transfer".
-GAP_THRESHOLD = 0.05
 LM_BATCH = 16  # windows per LM-loss batch (evaluate.lm_batches of them, the same for both models)
 THROUGHPUT_BATCH = 32
 
@@ -123,11 +118,14 @@ def efficiency(model, tokenizer, texts: list[str], runs: int, max_length: int, d
             "latency_ms_p95": float(np.percentile(latencies, 95)), "peak_memory_mb": peak_mb}
 
 
-def verdict(loss_ratio: float, gap: float, gap_lo: float) -> str:
-    """Per shift: does fine-tuned behaviour transfer, and if not, could the base model read it?"""
-    if gap <= GAP_THRESHOLD or gap_lo <= 0:
+def verdict(loss_ratio: float, gap: float, gap_lo: float, p: EvaluateParams) -> str:
+    """Per shift: does fine-tuned behaviour transfer, and if not, could the base model read it?
+    A gap above `p.gap_threshold` whose interval excludes 0 did not transfer; the base model
+    "can read" shifted text whose per-character LM loss is at most `p.capability_ratio` times
+    its loss on plain text."""
+    if gap <= p.gap_threshold or gap_lo <= 0:
         return "transfers"
-    if loss_ratio > CAPABILITY_RATIO:
+    if loss_ratio > p.capability_ratio:
         return "no capability"  # pretraining never taught the model to read this text
     return "capability present, behaviour did not transfer"
 
@@ -199,13 +197,13 @@ def evaluate(params) -> dict:
     ctx = base.config.n_positions
     plain = text_lm_loss(base, tokenizer, ids["id"][:rows], p.batch_size, ctx, device)
     capability = {"plain_loss": plain["per_token"], "plain_loss_per_char": plain["per_char"],
-                  "rows": min(rows, len(ids["id"])), "ratio_threshold": CAPABILITY_RATIO}
+                  "rows": min(rows, len(ids["id"])), "ratio_threshold": p.capability_ratio}
     for name in shifts:
         loss = text_lm_loss(base, tokenizer, ids[name][:rows], p.batch_size, ctx, device)
         ratio = loss["per_char"] / max(plain["per_char"], 1e-9)
         capability[name] = {"base_loss": loss["per_token"], "base_loss_per_char": loss["per_char"],
                             "loss_ratio": ratio, "loss_ratio_per_token": loss["per_token"] / max(plain["per_token"], 1e-9),
-                            "verdict": verdict(ratio, task["gap"][name], task["gap"][f"{name}_ci"][0])}
+                            "verdict": verdict(ratio, task["gap"][name], task["gap"][f"{name}_ci"][0], p)}
     del base
 
     ft = read_json("metrics/finetune.json") if Path("metrics/finetune.json").exists() else {}

@@ -103,7 +103,15 @@ def evaluate_tokenizer():
 
 
 def test_verdict_rule():
-    assert evaluate.verdict(3.0, 0.01, -0.02) == "transfers"  # no gap
-    assert evaluate.verdict(3.0, 0.3, -0.01) == "transfers"  # gap not significant
-    assert evaluate.verdict(3.0, 0.3, 0.2) == "no capability"
-    assert evaluate.verdict(1.05, 0.3, 0.2) == "capability present, behaviour did not transfer"
+    from stages.config import EvaluateParams
+
+    p = EvaluateParams()
+    assert evaluate.verdict(3.0, 0.01, -0.02, p) == "transfers"  # no gap
+    assert evaluate.verdict(3.0, 0.3, -0.01, p) == "transfers"  # gap not significant
+    assert evaluate.verdict(3.0, 0.3, 0.2, p) == "no capability"
+    assert evaluate.verdict(1.05, 0.3, 0.2, p) == "capability present, behaviour did not transfer"
+    # both thresholds are params: a borderline ratio flips with capability_ratio
+    assert evaluate.verdict(1.54, 0.3, 0.2, p) == "no capability"
+    loose = EvaluateParams(capability_ratio=1.6, gap_threshold=0.4)
+    assert evaluate.verdict(1.54, 0.5, 0.2, loose) == "capability present, behaviour did not transfer"
+    assert evaluate.verdict(1.54, 0.3, 0.2, loose) == "transfers"
