@@ -1,12 +1,14 @@
-"""Our quality filters and exact dedup (stages/cleaning.py) against the equivalent datatrove pipeline.
+"""Our quality filters and exact dedup (stages/cleaning.py) against the equivalent datatrove
+pipeline, and how the streamed clean stage scales.
 
     python bench/clean.py [--docs 5000] [--repeat 3] [--seed 1337]
+    python bench/clean.py --scale 100000 [--num-proc 2] [--batch-rows 10000]
 
 Both sides run in this one process, single-threaded, over the same raw documents (the generated
 world corpus when stages.world is importable, else synthetic text):
 
   ours       quality_signals + first_failure (length, Gopher repetition, Gopher quality, C4 line
-             punctuation, stop words), then exact dedup on a normalized blake2b key
+             punctuation, stop words), then exact dedup on a normalized 8-byte blake2b key
   datatrove  GopherRepetitionFilter -> GopherQualityFilter -> C4QualityFilter (FineWeb's order),
              then ExactDedupSignature -> ExactFindDedups -> ExactDedupFilter on simplify_text,
              configured with our thresholds where the two have the same rule
@@ -15,25 +17,34 @@ Throughput is docs per CPU-second of this process (= docs/s per core), the best 
 so other load on the machine does not skew the ratio. Also printed: how often the two agree on
 keep/drop, and for reference our whole clean_corpus (repairs, PII, MinHash included) on one core.
 Needs the bench-only extra: pip install datatrove spacy (datatrove's English word splitter is spaCy).
+
+--scale N (no datatrove needed): the first N and 4N documents of a generated world, each cleaned
+by `clean_parquet` (the stage's whole streamed path, ground-truth scoring included) in a fresh
+process; prints docs/s and the peak resident memory of the main process and of its workers.
 """
 
 import argparse
+import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repo root
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (datasets, datatrove's dedup) before tqdm loads
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stages.cleaning import (  # noqa: E402
     STOP_WORDS,
     CleanParams,
     clean_corpus,
+    clean_parquet,
     dedup_words,
     exact_duplicates,
     exact_key,
@@ -41,19 +52,29 @@ from stages.cleaning import (  # noqa: E402
     quality_signals,
 )
 
-try:
-    from datatrove.data import Document
-    from datatrove.pipeline.dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.utils.text import simplify_text
-    from datatrove.utils.word_tokenizers import load_word_tokenizer
-    from loguru import logger
 
-    load_word_tokenizer("en").word_tokenize("Check that spaCy is installed.")
-except ImportError as err:
-    print(f"bench/clean.py needs datatrove and spaCy (bench-only extras): {err}\n"
-          "install them with: .venv/bin/pip install datatrove spacy", file=sys.stderr)
-    sys.exit(2)
+def load_datatrove():
+    """datatrove's pieces, or exit 2 with how to install them (a bench-only extra)."""
+    try:
+        from datatrove.data import Document
+        from datatrove.pipeline.dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+        from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+        from datatrove.utils.text import simplify_text
+        from datatrove.utils.word_tokenizers import load_word_tokenizer
+        from loguru import logger
+
+        load_word_tokenizer("en").word_tokenize("Check that spaCy is installed.")
+    except ImportError as err:
+        print(f"bench/clean.py needs datatrove and spaCy (bench-only extras): {err}\n"
+              "install them with: .venv/bin/pip install datatrove spacy", file=sys.stderr)
+        sys.exit(2)
+    logger.disable("datatrove")  # per-step log lines would be timed too
+    return SimpleNamespace(
+        Document=Document, ExactDedupConfig=ExactDedupConfig, ExactDedupFilter=ExactDedupFilter,
+        ExactDedupSignature=ExactDedupSignature, ExactFindDedups=ExactFindDedups, C4QualityFilter=C4QualityFilter,
+        GopherQualityFilter=GopherQualityFilter, GopherRepetitionFilter=GopherRepetitionFilter,
+        simplify_text=simplify_text,
+    )
 
 
 def load_corpus(n: int, seed: int) -> tuple[list[str], str]:
@@ -72,24 +93,23 @@ def load_corpus(n: int, seed: int) -> tuple[list[str], str]:
 
 def run_ours(texts: list[str], p: CleanParams) -> list[bool]:
     verdicts = [first_failure(quality_signals(t), p)[0] == "" for t in texts]
-    keys = [exact_key(dedup_words(t)) if ok else "" for t, ok in zip(texts, verdicts)]
-    copies = exact_duplicates(keys, verdicts)
-    return [ok and i not in copies for i, ok in enumerate(verdicts)]
+    keys = np.array([exact_key(dedup_words(t)) if ok else 0 for t, ok in zip(texts, verdicts)], np.uint64)
+    copies = exact_duplicates(keys, np.array(verdicts))
+    return [ok and copies[i] < 0 for i, ok in enumerate(verdicts)]
 
 
-def dedup_content(doc: Document) -> bytes:
-    return simplify_text(doc.text).encode()  # datatrove's default xxhash64 takes bytes
+def run_datatrove(texts: list[str], p: CleanParams, dt: SimpleNamespace) -> list[bool]:
+    def dedup_content(doc) -> bytes:
+        return dt.simplify_text(doc.text).encode()  # datatrove's default xxhash64 takes bytes
 
-
-def run_datatrove(texts: list[str], p: CleanParams) -> list[bool]:
-    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
-    repetition = GopherRepetitionFilter(
+    docs = [dt.Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    repetition = dt.GopherRepetitionFilter(
         dup_line_frac=p.max_dup_line_share, dup_para_frac=p.max_dup_para_share,
         dup_line_char_frac=p.max_dup_line_char_share, dup_para_char_frac=p.max_dup_para_char_share,
         top_n_grams=((2, p.max_top_2gram_share), (3, p.max_top_3gram_share), (4, p.max_top_4gram_share)),
         dup_n_grams=((10, p.max_dup_10gram_share),),  # we check 10-grams only
     )
-    quality = GopherQualityFilter(
+    quality = dt.GopherQualityFilter(
         min_doc_words=p.min_words, max_doc_words=p.max_words, min_avg_word_length=p.min_mean_word_len,
         max_avg_word_length=p.max_mean_word_len, max_symbol_word_ratio=p.max_symbol_word_ratio,
         # spaCy makes punctuation marks tokens, which datatrove counts as words without letters:
@@ -97,13 +117,13 @@ def run_datatrove(texts: list[str], p: CleanParams) -> list[bool]:
         max_non_alpha_words_ratio=0.65,
         stop_words=sorted(STOP_WORDS), min_stop_words=2,  # our list; datatrove's has only 8 words
     )
-    c4 = C4QualityFilter(min_num_sentences=-1)  # we count no sentences
+    c4 = dt.C4QualityFilter(min_num_sentences=-1)  # we count no sentences
     kept = list(c4.run(quality.run(repetition.run(iter(docs)))))
-    config = ExactDedupConfig(content_getter=dedup_content)
+    config = dt.ExactDedupConfig(content_getter=dedup_content)
     with tempfile.TemporaryDirectory() as tmp:
-        ExactDedupSignature(output_folder=f"{tmp}/sigs", config=config).run(iter(kept))
-        ExactFindDedups(data_folder=f"{tmp}/sigs", output_folder=f"{tmp}/dups", config=config).run()
-        survivors = {doc.id for doc in ExactDedupFilter(data_folder=f"{tmp}/dups", config=config).run(iter(kept))}
+        dt.ExactDedupSignature(output_folder=f"{tmp}/sigs", config=config).run(iter(kept))
+        dt.ExactFindDedups(data_folder=f"{tmp}/sigs", output_folder=f"{tmp}/dups", config=config).run()
+        survivors = {doc.id for doc in dt.ExactDedupFilter(data_folder=f"{tmp}/dups", config=config).run(iter(kept))}
     return [str(i) in survivors for i in range(len(texts))]
 
 
@@ -118,19 +138,86 @@ def timed(fn, repeat: int):
     return result, best_cpu, best_wall
 
 
+def arrow_pool():
+    """The Arrow allocator clean_parquet streams through: jemalloc where pyarrow has it."""
+    import pyarrow as pa
+
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return pa.default_memory_pool()
+
+
+def scale_child(path: str, num_proc: int, batch_rows: int, seed: int) -> None:
+    """One clean_parquet run in this fresh process; prints its figures as JSON."""
+    import resource
+
+    with tempfile.TemporaryDirectory(dir=Path(path).parent) as out:
+        start = time.perf_counter()
+        report = clean_parquet(path, Path(out) / "clean", CleanParams(num_proc=num_proc, batch_rows=batch_rows), seed)
+        wall = time.perf_counter() - start
+    # Peak RSS of this process: VmHWM, since ru_maxrss carries over the parent's peak across exec
+    status = Path("/proc/self/status")
+    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM")] if status.exists() else []
+    print(json.dumps({
+        "docs": report.stats["docs_in"], "wall_s": wall, "kept": report.stats["docs_out"],
+        "rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # the largest worker
+        "arrow_peak_mb": arrow_pool().max_memory() / 2**20,
+    }))
+
+
+def scale(n: int, num_proc: int, batch_rows: int, seed: int) -> None:
+    from stages.world import WorldParams, generate_world
+
+    corpus = generate_world(WorldParams(docs=min(2_000_000, 4 * n)), seed).corpus
+    if len(corpus) < 4 * n:
+        sys.exit(f"the world made {len(corpus)} docs, fewer than 4 x {n}")
+    rows = []
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "data") as tmp:
+        paths = {}
+        for size in (n, 4 * n):
+            paths[size] = Path(tmp) / f"corpus{size}.parquet"
+            corpus.head(size).to_parquet(paths[size], index=False)
+        chars = corpus["text"].head(4 * n).str.len().mean()
+        del corpus
+        for path in paths.values():
+            cmd = [sys.executable, __file__, "--child", str(path), "--num-proc", str(num_proc),
+                   "--batch-rows", str(batch_rows), "--seed", str(seed)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"world (seed {seed}), {chars:.0f} chars/doc; clean_parquet with num_proc={num_proc}, "
+          f"batch_rows={batch_rows}; cores {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
+    print(f"{'docs':>9s}{'wall s':>9s}{'docs/s':>9s}{'peak RSS MB':>13s}{'workers MB':>12s}{'arrow MB':>10s}")
+    for r in rows:
+        print(f"{r['docs']:9d}{r['wall_s']:9.1f}{r['docs'] / r['wall_s']:9.0f}{r['rss_mb']:13.0f}"
+              f"{r['workers_rss_mb']:12.0f}{r['arrow_peak_mb']:10.1f}")
+    small, big = rows
+    grow = (big["rss_mb"] - small["rss_mb"]) * 2**20 / (big["docs"] - small["docs"])
+    print(f"peak RSS 4N / N: {big['rss_mb'] / small['rss_mb']:.2f}x; growth {grow:.0f} bytes per added document")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--scale", type=int, metavar="N", help="clean N and 4N world docs, compare memory")
+    ap.add_argument("--num-proc", type=int, default=2)
+    ap.add_argument("--batch-rows", type=int, default=CleanParams().batch_rows)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    logger.disable("datatrove")  # per-step log lines would be timed too
+    if args.child:
+        return scale_child(args.child, args.num_proc, args.batch_rows, args.seed)
+    if args.scale:
+        return scale(args.scale, args.num_proc, args.batch_rows, args.seed)
+    dt = load_datatrove()
 
     texts, source = load_corpus(args.docs, args.seed)
     p = CleanParams(num_proc=1)
-    run_ours(texts[:50], p), run_datatrove(texts[:50], p)  # warm up: imports, spaCy's tokenizer
+    run_ours(texts[:50], p), run_datatrove(texts[:50], p, dt)  # warm up: imports, spaCy's tokenizer
     ours, ours_cpu, ours_wall = timed(lambda: run_ours(texts, p), args.repeat)
-    theirs, dt_cpu, dt_wall = timed(lambda: run_datatrove(texts, p), args.repeat)
+    theirs, dt_cpu, dt_wall = timed(lambda: run_datatrove(texts, p, dt), args.repeat)
     corpus = pd.DataFrame({"id": [f"d{i}" for i in range(len(texts))], "text": texts, "source": "bench",
                            "domain": "bench"})
     _, full_cpu, _ = timed(lambda: clean_corpus(corpus, p, args.seed), 1)
