@@ -1,8 +1,9 @@
 """The lmpipe DAG as a Prefect 3 flow: one task per DVC stage, in dvc.yaml's order.
 
-Every task runs its stage *through DVC* (`dvc repro --single-item <stage>`), so dvc.lock still
-decides what is up to date and a flow run and a `dvc repro` never disagree about the state of the
-pipeline. Stage output is streamed line by line into the Prefect run log while it happens.
+Every task runs its stage *through DVC* (`dvc repro --single-item <stage>`, called through DVC's
+Python API inside the flow process: see `repro`), so dvc.lock still decides what is up to date and a
+flow run and a `dvc repro` never disagree about the state of the pipeline. Stage output is streamed
+line by line into the Prefect run log while it happens.
 
 Failures come in two kinds:
   data errors   a failed data-quality gate, invalid params, unreadable inputs (the stage exits 1
@@ -25,13 +26,17 @@ They are also tagged `gpu` in the UI.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,27 +80,158 @@ def dvc_bin() -> str:
     return str(local) if local.exists() else "dvc"
 
 
+def stage_env(env: dict | None = None) -> dict:
+    """The environment of a stage command: unbuffered output, this venv's bin first on PATH."""
+    env = dict(os.environ if env is None else env) | {"PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def log_lines(text, log, lines: list[str]) -> None:
+    """Send each line of the text stream `text` to the Prefect log as it arrives (and keep it)."""
+    for line in text:  # text mode: tqdm's \r also ends a line
+        line = line.rstrip("\n")
+        lines.append(line)
+        if line.strip():
+            log.info(line)
+
+
 def stream(cmd: list[str], log) -> tuple[int, list[str]]:
     """Run `cmd`, sending each output line to the Prefect log as it arrives."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=stage_env(),
                             bufsize=1, errors="replace")
-    lines = []
+    lines: list[str] = []
     try:
-        for line in proc.stdout:  # text mode: tqdm's \r also ends a line
-            line = line.rstrip("\n")
-            lines.append(line)
-            if line.strip():
-                log.info(line)
+        log_lines(proc.stdout, log, lines)
         return proc.wait(), lines
     finally:
-        if proc.poll() is None:  # cancelled or crashed while the stage ran: do not orphan it
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)  # if cancelled or crashed while the stage ran: do not orphan it
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Terminate `proc` and every process under it (a shell's command, torchrun's workers), then
+    kill what is left after `grace` seconds."""
+    import psutil  # a dependency of dvc
+
+    if proc.poll() is not None:
+        return
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+class _SubprocessToPipe:
+    """Stands in for the `subprocess` module inside `dvc.stage.run` while a stage runs: DVC starts
+    the stage command with `subprocess.Popen(cmd, cwd=..., env=...)` and lets it inherit our stdout;
+    this sends the command's stdout and stderr into `fd` instead, with `stage_env`, and keeps the
+    processes so that an interrupted flow can stop them. Everything else is the real module."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.procs: list[subprocess.Popen] = []
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    def Popen(self, cmd, **kwargs):  # noqa: N802 (the name DVC calls)
+        kwargs.update(stdout=self.fd, stderr=subprocess.STDOUT, env=stage_env(kwargs.get("env")))
+        proc = subprocess.Popen(cmd, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+
+class _DvcLogToPipe(logging.Handler):
+    """DVC's own messages ("Running stage", "Updating lock file", errors) into the same pipe as the
+    stage command's output, formatted as the dvc CLI prints them, so they reach the run log in order."""
+
+    def __init__(self, fd: int):
+        from dvc.logger import ColorFormatter
+
+        super().__init__(logging.INFO)
+        self.fd = fd
+        self.setFormatter(ColorFormatter(log_colors=False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            os.write(self.fd, (self.format(record) + "\n").encode(errors="replace"))
+        except OSError:  # the flow stopped reading: it was interrupted, nobody is left to tell
+            pass
+        except Exception:
+            self.handleError(record)
+
+
+_DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
+_IN_PROCESS = threading.Lock()
+
+
+def repro(stage: str, force: bool, log) -> tuple[int, list[str], bool]:
+    """`dvc repro --single-item <stage> [--force]` inside this process, through DVC's Python API.
+
+    Same work, same dvc.lock, same messages as the CLI, without starting Python and importing DVC
+    again for every stage (~0.35 s of CPU each). DVC runs in a worker thread and writes, through a
+    pipe, the stage command's output and its own messages; this thread sends each line to the run
+    log as it arrives. Returns (0, lines, ran) or (255 as the CLI would exit, lines ending in the
+    CLI's "ERROR: ..." line, False)."""
+    import dvc.stage.run
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    read_fd, write_fd = os.pipe()
+    popen = _SubprocessToPipe(write_fd)
+    outcome = {"code": 255, "ran": False}
+
+    def work() -> None:
+        handler = _DvcLogToPipe(write_fd)
+        dvc_logger = logging.getLogger("dvc")
+        try:
+            with _IN_PROCESS:  # the patches below are process-wide: one stage at a time
+                saved = {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate)
+                         for name in _DVC_LOGGERS}
+                for name in _DVC_LOGGERS:  # instead of the console handlers `import dvc` installs (and root's)
+                    logging.getLogger(name).handlers, logging.getLogger(name).propagate = [handler], False
+                dvc.stage.run.subprocess = popen
+                try:
+                    with Repo() as dvc_repo:
+                        outcome["ran"] = bool(dvc_repo.reproduce(stage, single_item=True, force=force))
+                    outcome["code"] = 0
+                except DvcException:
+                    dvc_logger.exception("")  # "ERROR: failed to reproduce 'x': failed to run: ..., exited with 1"
+                except BaseException:
+                    dvc_logger.exception("unexpected error")
+                finally:
+                    dvc.stage.run.subprocess = subprocess
+                    for name, (handlers, propagate) in saved.items():
+                        logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
+        finally:
+            os.close(write_fd)
+
+    worker = threading.Thread(target=work, name=f"dvc-repro-{stage}", daemon=True)
+    lines: list[str] = []
+    with os.fdopen(read_fd, encoding="utf-8", errors="replace") as text:
+        worker.start()
+        try:
+            log_lines(text, log, lines)  # until DVC and every process writing to the pipe are done
+            worker.join()
+        finally:
+            if worker.is_alive():  # cancelled or crashed while the stage ran: do not orphan it
+                for proc in popen.procs:
+                    stop_process(proc)
+                worker.join(timeout=30)  # DVC notices, unlocks the repo and undoes its patches
+    return outcome["code"], lines, outcome["ran"]
 
 
 def stage_exit_code(dvc_code: int, lines: list[str]) -> int | None:
@@ -174,15 +310,40 @@ def artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
+# Artifacts are sent from one background thread, so that an API call (which a busy server answers
+# with a 503 and a 2 s client backoff) never holds up the next stage. The flow waits for them
+# before it ends (`wait_for_artifacts`), so a finished run has all of them.
+_ARTIFACTS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmpipe-artifacts")
+_pending: list[Future] = []
+
+
+def publish_in_background(create, *args, **kwargs) -> None:
+    """Run an artifact call on the artifacts thread, in the caller's Prefect run context (so the
+    artifact belongs to the caller's task run)."""
+    _pending.append(_ARTIFACTS.submit(contextvars.copy_context().run, create, *args, **kwargs))
+
+
+def wait_for_artifacts(log, timeout: float = 120) -> None:
+    """Block until every artifact queued so far was sent; a failed one is a warning, never a failure."""
+    while _pending:
+        future = _pending.pop(0)
+        try:
+            future.result(timeout=timeout)
+        except Exception as err:  # an artifact is never worth failing a finished run
+            log.warning(f"could not publish an artifact: {err!r}")
+
+
 def publish_stage_artifacts(stage: Stage, skipped: bool) -> None:
+    """Read the stage's gate report and metrics now (the next stage may rewrite shared files), send
+    them in the background."""
     note = "stage was up to date (dvc.lock): results of the run that produced these outputs" if skipped else ""
     md = gate_markdown(stage.name, note)
     if md:
-        create_markdown_artifact(md, key=f"gate-{artifact_key(stage.name)}",
-                                 description=f"data-quality gate of stage {stage.name}")
+        publish_in_background(create_markdown_artifact, md, key=f"gate-{artifact_key(stage.name)}",
+                              description=f"data-quality gate of stage {stage.name}")
     rows = metrics_rows(stage)
     if rows:
-        create_table_artifact(rows, key=f"metrics-{artifact_key(stage.name)}",
+        publish_in_background(create_table_artifact, rows, key=f"metrics-{artifact_key(stage.name)}",
                               description=f"metrics of stage {stage.name}")
 
 
@@ -205,19 +366,19 @@ def gpu_requested(params_file: Path = Path("params.yaml")) -> bool:
 @task(retries=RETRIES, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
       retry_jitter_factor=0.2, retry_condition_fn=only_infra_errors, cache_policy=NO_CACHE)
 def run_stage(stage: str, force: bool = False, gpu: bool = False) -> str:
-    """`dvc repro --single-item <stage>`, streamed to the run log; artifacts for its gate and metrics."""
+    """`dvc repro --single-item <stage>` (in process), streamed to the run log; artifacts for its gate
+    and metrics."""
     log = get_run_logger()
     spec = read_stages()[stage]
-    cmd = [dvc_bin(), "repro", "--single-item", stage] + (["--force"] if force else [])
     if gpu and spec.uses_device:
         from prefect.concurrency.sync import concurrency
 
         log.info(f"waiting for a slot of concurrency limit '{GPU_LIMIT}'")
         with concurrency(GPU_LIMIT, occupy=1):
-            code, lines = stream(cmd, log)
+            code, lines, ran = repro(stage, force, log)
     else:
-        code, lines = stream(cmd, log)
-    skipped = code == 0 and any("didn't change, skipping" in line for line in lines)
+        code, lines, ran = repro(stage, force, log)
+    skipped = code == 0 and not ran
     try:
         publish_stage_artifacts(spec, skipped)
     except Exception as err:  # an artifact is never worth failing (or retrying) a finished stage
@@ -271,7 +432,11 @@ def lmpipe(stages: list[str] | None = None, force: bool = False, params: dict[st
 
     results, timings = {}, {}
     for i, name in enumerate(order):
-        tags = ["lmpipe", "gpu"] if gpu and dag[name].uses_device else ["lmpipe"]
+        # Tags cost time: for a tagged task the engine first asks the API for a slot of each tag's
+        # concurrency limit, and right after a stage ends a SQLite-backed API is often busy writing
+        # its logs and events: a 503 and a 2 s client backoff, measured at 5 of 7 stage boundaries
+        # of the micro DAG. So only GPU stages carry a tag (`gpu`, to find them in the UI).
+        tags = ["gpu"] if gpu and dag[name].uses_device else []
         start = time.perf_counter()
         try:
             results[name] = run_stage.with_options(task_run_name=f"stage:{name}", tags=tags)(name, force, gpu)
@@ -286,6 +451,7 @@ def lmpipe(stages: list[str] | None = None, force: bool = False, params: dict[st
                                             if final else f"failed with an infrastructure error after {RETRIES} retries")
                       + f"; stages not run: {', '.join(not_run) or 'none'}")
             log.error(reason)
+            wait_for_artifacts(log)
             create_markdown_artifact(summary_markdown(results, timings, reason, report_ran=False), key="lmpipe-summary",
                                      description="run summary")
             raise
@@ -299,6 +465,7 @@ def lmpipe(stages: list[str] | None = None, force: bool = False, params: dict[st
         saved = save_experiment(experiment, include)
         results["experiment"] = saved
         log.info(saved)
+    wait_for_artifacts(log)
     create_markdown_artifact(summary_markdown(results, timings, experiment=saved, report_ran="report" in order),
                              key="lmpipe-summary", description="run summary")
     return results

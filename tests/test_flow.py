@@ -47,6 +47,12 @@ print(f"[{stage}] started", flush=True)
 if os.environ.get("TINY_SLOW") == stage:
     time.sleep(1.5)
 print(f"[{stage}] working", flush=True)
+if os.environ.get("TINY_HANG") == stage:  # a stage that hangs, with a process of its own under it
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Path(f"{stage}.pids").write_text(f"{os.getpid()} {child.pid}")
+    print(f"[{stage}] hanging", flush=True)
+    time.sleep(120)
 if os.environ.get("TINY_FAIL_INFRA") == stage:
     counter = Path(os.environ["TINY_COUNTER"])
     n = int(counter.read_text()) if counter.exists() else 0
@@ -154,7 +160,7 @@ def tiny(tmp_path, monkeypatch, harness, tiny_template):
     shutil.copytree(tiny_template, repo, symlinks=True)  # git + dvc init once per module, not per test
     monkeypatch.chdir(repo)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    for var in ("TINY_SLOW", "TINY_FAIL_INFRA", "TINY_FAIL_GATE", "TINY_FAIL_INPUT", "TINY_INFRA_FAILS"):
+    for var in ("TINY_SLOW", "TINY_FAIL_INFRA", "TINY_FAIL_GATE", "TINY_FAIL_INPUT", "TINY_INFRA_FAILS", "TINY_HANG"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TINY_COUNTER", str(tmp_path / "counter"))
     # retries keep their count but not their 10-20-40 s backoff
@@ -223,6 +229,8 @@ def test_flow_runs_every_stage_streams_output_and_publishes_artifacts(tiny, monk
     runs = task_runs(fr)
     assert set(runs) == {"stage:a", "stage:b", "stage:c"}
     assert all(r.state.is_completed() for r in runs.values())
+    # no tags on CPU stages: a tagged task first asks the API for tag concurrency slots (slow, see flow.py)
+    assert all(r.tags == [] for r in runs.values())
     order = sorted(runs.values(), key=lambda r: r.start_time)
     assert [r.name for r in order] == ["stage:a", "stage:b", "stage:c"]
     arts = artifacts(fr)
@@ -232,9 +240,15 @@ def test_flow_runs_every_stage_streams_output_and_publishes_artifacts(tiny, monk
     assert "passed" in arts["gate-b"].data
     assert "| c | ran |" in arts["lmpipe-summary"].data
     # output reaches the run log while the stage runs: "started" is logged before the 1.5 s sleep ends
-    messages = {entry.message: entry.timestamp for entry in logs(fr)}
+    entries = logs(fr)
+    messages = {entry.message: entry.timestamp for entry in entries}
     assert "[b] started" in messages and "[gate] c: 2 expectations passed" in messages
     assert (messages["[b] working"] - messages["[b] started"]).total_seconds() >= 1.0
+    # DVC's own messages and the stage command's output reach the task's log in the order they happened
+    of_b = [e.message for e in entries if e.task_run_id == runs["stage:b"].id]
+    expected = ["Running stage 'b':", "> python step.py b", "[b] started", "[b] working",
+                "[gate] b: 2 expectations passed", "Updating lock file 'dvc.lock'"]
+    assert [m for m in of_b if m in expected] == expected, of_b
     # a second run finds everything up to date in dvc.lock
     again = flow_mod.lmpipe(return_state=True)
     assert set(again.result().values()) == {"skipped (up to date)"}
@@ -266,6 +280,56 @@ def test_rejected_input_is_final_too(tiny, monkeypatch):
     state = flow_mod.lmpipe(return_state=True)
     assert state.is_failed() and "rejected its input" in state.message
     assert task_runs(state.state_details.flow_run_id)["stage:a"].run_count == 1
+
+
+def test_dvc_refusing_a_stage_is_final(tiny):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    del params["finetune"]["method"]  # stage c tracks it: DVC stops before running the command
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    state = flow_mod.lmpipe(return_state=True)
+    assert state.is_failed() and "dvc rejected stage 'c'" in state.message
+    assert "ERROR: failed to reproduce 'c'" in state.message and "finetune.method" in state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["stage:c"].run_count == 1 and runs["stage:b"].state.is_completed()
+
+
+def test_interrupted_stage_leaves_no_process_behind(tiny, monkeypatch):
+    """Ctrl-C, or Prefect cancelling the run, while DVC runs a stage inside the flow process: the
+    stage command and the processes under it are stopped, not orphaned."""
+    import psutil
+
+    monkeypatch.setenv("TINY_HANG", "a")
+
+    class InterruptedLog:  # the run log; the interrupt arrives once the stage has started its child
+        def info(self, line):
+            if line == "[a] hanging":
+                raise KeyboardInterrupt
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        flow_mod.repro("a", False, InterruptedLog())
+    assert time.monotonic() - start < 60  # the stage would hang for 120 s
+    for pid in map(int, Path("a.pids").read_text().split()):
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"process {pid} of the interrupted stage still runs"
+            time.sleep(0.1)
+    # DVC was given the time to clean up: the next stage runs in this process as usual
+    monkeypatch.delenv("TINY_HANG")
+    code, lines, ran = flow_mod.repro("a", False, flow_mod.logging.getLogger("test"))
+    assert (code, ran) == (0, True) and "[gate] a: 2 expectations passed" in lines
+
+
+def test_a_failed_artifact_is_a_warning_not_a_failure(tiny, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("artifact API down")
+
+    monkeypatch.setattr(flow_mod, "create_table_artifact", broken)
+    state = flow_mod.lmpipe(stages=["a"], return_state=True)
+    assert state.is_completed(), state.message
+    fr = state.state_details.flow_run_id
+    assert {"gate-a", "lmpipe-summary"} <= set(artifacts(fr)) and "metrics-a" not in artifacts(fr)
+    assert any("could not publish an artifact" in e.message and "artifact API down" in e.message for e in logs(fr))
 
 
 def test_infra_error_is_retried_until_it_succeeds(tiny, monkeypatch):

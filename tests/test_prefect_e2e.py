@@ -130,6 +130,19 @@ def api_post(server, path: str, body: dict):
     return response.json()
 
 
+def wait_for_logs(server, flow_run_id: str, last: str, timeout: float = 60) -> list[str]:
+    """The flow run's first 200 log messages, once its latest ones include one that starts with `last`
+    (or after `timeout`)."""
+    def read(sort: str) -> list[str]:
+        return [entry["message"] for entry in api_post(server, "/logs/filter", {
+            "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "sort": sort})]
+
+    deadline = time.monotonic() + timeout
+    while not any(m.startswith(last) for m in read("TIMESTAMP_DESC")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return read("TIMESTAMP_ASC")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("e2e"))
@@ -178,6 +191,9 @@ def test_deployed_flow_runs_on_a_process_worker(server, repo):
             assert worker.poll() is None, f"worker died:\n{(server['home'] / 'worker.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"flow run still {state}"
             time.sleep(1)
+        # The flow process sends its last logs while it exits, after the run is COMPLETED: keep the
+        # worker (and so that process) alive until they are in, or stopping it would lose them.
+        logs = wait_for_logs(server, flow_run_id, "Finished in state Completed()")
     finally:
         stop(worker)
         worker_log.close()
@@ -192,8 +208,6 @@ def test_deployed_flow_runs_on_a_process_worker(server, repo):
         if stage != "report":  # the report stage has neither a gate nor metrics
             assert {f"gate-{stage}", f"metrics-{stage}"} <= keys, sorted(keys)
     assert "lmpipe-summary" in keys
-    logs = [entry["message"] for entry in api_post(server, "/logs/filter",
-                                                    {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"})]
     assert f"Running stage '{STAGES[0]}':" in logs  # stage output made it to the run log
     assert any(line.startswith("[gate]") for line in logs)
     assert (repo / "dvc.lock").exists() and ((repo / "reports/index.html").exists() or not MICRO_DAG)
