@@ -199,10 +199,13 @@ def repro(stage: str, force: bool, log) -> tuple[int, list[str], bool]:
         dvc_logger = logging.getLogger("dvc")
         try:
             with _IN_PROCESS:  # the patches below are process-wide: one stage at a time
-                saved = {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate)
-                         for name in _DVC_LOGGERS}
+                saved = {name: (logging.getLogger(name).handlers, logging.getLogger(name).propagate,
+                                logging.getLogger(name).level) for name in _DVC_LOGGERS}
                 for name in _DVC_LOGGERS:  # instead of the console handlers `import dvc` installs (and root's)
-                    logging.getLogger(name).handlers, logging.getLogger(name).propagate = [handler], False
+                    logger = logging.getLogger(name)
+                    logger.handlers, logger.propagate = [handler], False
+                    # at INFO whatever an earlier in-process DVC call (dvc.cli.main, `-q`) left it at
+                    logger.setLevel(logging.INFO)
                 dvc.stage.run.subprocess = popen
                 try:
                     with Repo() as dvc_repo:
@@ -214,8 +217,10 @@ def repro(stage: str, force: bool, log) -> tuple[int, list[str], bool]:
                     dvc_logger.exception("unexpected error")
                 finally:
                     dvc.stage.run.subprocess = subprocess
-                    for name, (handlers, propagate) in saved.items():
-                        logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
+                    for name, (handlers, propagate, level) in saved.items():
+                        logger = logging.getLogger(name)
+                        logger.handlers, logger.propagate = handlers, propagate
+                        logger.setLevel(level)
         finally:
             os.close(write_fd)
 
