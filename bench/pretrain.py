@@ -63,19 +63,22 @@ GPT2_124M = ModelShape(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropo
 GPT2_VOCAB = 50304
 
 
-def load_tokens(vocab: int, n: int, seed: int, synthetic: bool = False) -> tuple[np.ndarray, dict]:
-    """The real train shard when the tokenize stage has run, else Zipf-distributed ids."""
+def synthetic_tokens(vocab: int, n: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Zipf-distributed ids: a realistic frequency profile without a tokenized corpus."""
+    rng = np.random.default_rng(seed)
+    ids = np.minimum(rng.zipf(1.2, size=n) - 1, vocab - 1).astype(np.uint16)
+    return ids, {"vocab_size": vocab, "eos_id": 0, "pad_id": 1, "dtype": "uint16", "synthetic": True}
+
+
+def load_tokens(vocab: int, n: int, seed: int) -> tuple[np.ndarray, dict]:
+    """The real train shard when the tokenize stage has run, else synthetic tokens."""
     from stages.modeling import load_meta, open_shard
 
     try:
-        if synthetic:
-            raise FileNotFoundError
         meta = load_meta()
         return open_shard("train", meta), meta
-    except Exception:  # no shard yet: synthetic tokens with a realistic frequency profile
-        rng = np.random.default_rng(seed)
-        ids = np.minimum(rng.zipf(1.2, size=n) - 1, vocab - 1).astype(np.uint16)
-        return ids, {"vocab_size": vocab, "eos_id": 0, "pad_id": 1, "dtype": "uint16", "synthetic": True}
+    except Exception:  # no shard yet
+        return synthetic_tokens(vocab, n, seed)
 
 
 def minimal_loop(model, data: np.ndarray, p, seed: int, total: int, device: torch.device,
@@ -189,7 +192,7 @@ def main() -> None:
     else:
         keep_freed_memory()  # as the stage does; process-wide, so for both arms
     if args.preset == "gpt2-124m":
-        data, meta = load_tokens(GPT2_VOCAB, 20_000_000, params.seed, synthetic=True)
+        data, meta = synthetic_tokens(GPT2_VOCAB, 20_000_000, params.seed)
     else:
         data, meta = load_tokens(4096, 2_000_000, params.seed)
     total = args.rounds * args.steps + 2
