@@ -5,7 +5,7 @@ pipeline, and how the streamed clean stage scales.
     python bench/clean.py --scale 100000 [--num-proc 2] [--batch-rows 10000]
 
 Both sides run in this one process, single-threaded, over the same raw documents (the generated
-world corpus when stages.world is importable, else synthetic text):
+world corpus when lmpipe.world is importable, else synthetic text):
 
   ours       quality_signals + first_failure (length, Gopher repetition, Gopher quality, C4 line
              punctuation, stop words), then exact dedup on a normalized 8-byte blake2b key
@@ -40,7 +40,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (datasets, datatrove
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stages.cleaning import (  # noqa: E402
+from lmpipe.cleaning import (  # noqa: E402
     STOP_WORDS,
     CleanParams,
     clean_corpus,
@@ -79,7 +79,7 @@ def load_datatrove():
 
 def load_corpus(n: int, seed: int) -> tuple[list[str], str]:
     try:
-        from stages.world import WorldParams, generate_world
+        from lmpipe.world import WorldParams, generate_world
     except ImportError:
         rng = random.Random(seed)
         words = "the of and to in a is that for it was on with as his at by from they we this had".split()
@@ -168,7 +168,7 @@ def scale_child(path: str, num_proc: int, batch_rows: int, seed: int) -> None:
 
 
 def scale(n: int, num_proc: int, batch_rows: int, seed: int) -> None:
-    from stages.world import WorldParams, generate_world
+    from lmpipe.world import WorldParams, generate_world
 
     corpus = generate_world(WorldParams(docs=min(2_000_000, 4 * n)), seed).corpus
     if len(corpus) < 4 * n:

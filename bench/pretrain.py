@@ -19,11 +19,11 @@ On a GPU (`--device cuda`), both arms run under the stage's bf16 autocast with T
 `--compile` puts both forwards through `torch.compile`; the minimal loop then uses fused AdamW, as
 nanoGPT does on CUDA. `--preset gpt2-124m` swaps params.yaml's model for GPT-2 small (12 layers,
 768 wide, 12 heads, block 1024, vocabulary padded to 50,304, no dropout) on synthetic tokens, and
-the table adds MFU against the device's dense bf16 peak (`stages.modeling.PEAK_FLOPS`):
+the table adds MFU against the device's dense bf16 peak (`lmpipe.modeling.PEAK_FLOPS`):
 
     python -m bench.pretrain --device cuda --preset gpt2-124m --batch 32 --compile --rounds 6 --steps 5
 
-The stage also tunes glibc's allocator (`stages.modeling.keep_freed_memory`). That setting is
+The stage also tunes glibc's allocator (`lmpipe.runtime.keep_freed_memory`). That setting is
 process-wide, so both arms above run with it; `--allocator` measures what it is worth on its own,
 with `train_step` in child processes that alternate between glibc's defaults and the setting.
 """
@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from stages.config import ModelShape, read_params  # noqa: E402
-from stages.modeling import LMLoss, autocast, flops_per_token, keep_freed_memory, peak_flops  # noqa: E402
+from lmpipe.modeling import LMLoss, flops_per_token, peak_flops  # noqa: E402
+from lmpipe.params import ModelShape, read_params  # noqa: E402
+from lmpipe.runtime import autocast, keep_freed_memory  # noqa: E402
 from stages.pretrain import (  # noqa: E402
     build_model,
     flop_params,
@@ -72,7 +73,7 @@ def synthetic_tokens(vocab: int, n: int, seed: int) -> tuple[np.ndarray, dict]:
 
 def load_tokens(vocab: int, n: int, seed: int) -> tuple[np.ndarray, dict]:
     """The real train shard when the tokenize stage has run, else synthetic tokens."""
-    from stages.modeling import load_meta, open_shard
+    from lmpipe.modeling import load_meta, open_shard
 
     try:
         meta = load_meta()

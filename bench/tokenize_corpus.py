@@ -2,7 +2,7 @@
 
 Run: `python bench/tokenize_corpus.py` (or `python -m bench.tokenize_corpus`); `--help` for the knobs.
 (Not `bench/tokenize.py`: run as a script, that name would shadow the standard library's `tokenize`
-for every script in bench/, which numpy and inspect import; see DESIGN.md, "Layout".)
+for every script in bench/, which numpy and inspect import.)
 Goal: `stages.tokenize_corpus.encode_docs` at >= 0.9x the raw call's throughput.
 
 Same tokenizer (models/tokenizer when the tokenize stage has run, else one trained here), same
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/tokenize_corpus.py` from the repo root, as `make bench` does
 os.chdir(ROOT)
 
-from stages.config import TokenizeParams, read_params  # noqa: E402
+from lmpipe.params import TokenizeParams, read_params  # noqa: E402
 from stages.tokenize_corpus import encode_docs, rust_parallelism, train_tokenizer  # noqa: E402
 
 

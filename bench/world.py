@@ -2,7 +2,7 @@
 
 import time
 
-from stages.world import WorldParams, generate_world
+from lmpipe.world import WorldParams, generate_world
 
 
 def main() -> None:

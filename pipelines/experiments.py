@@ -23,7 +23,7 @@ PARAMS_FILE = "params.yaml"
 def _schema():
     """stages.config, imported on first use: it pulls in the stages' libraries (seconds of imports)
     that a flow without overrides, or `dvc exp show`, does not need."""
-    from stages import config
+    from lmpipe import params as config
 
     return config
 # YAML 1.1 (PyYAML) reads "1e-3" as a string; DVC's -S grammar reads it as a float, and so do we.

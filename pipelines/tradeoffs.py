@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lmpipe.scoring import pareto_front
 from pipelines.check_metrics import flatten
-from stages.scoring import pareto_front
 
 OUT_DIR = Path("reports/experiments")
 # column -> (metrics file name, dotted key); shift_accuracy is derived (mean over task.shift.*)

@@ -10,18 +10,17 @@ neither is the kept text the gate checks.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 
 import great_expectations.expectations as gxe
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages.artifacts import run_stage, write_json, write_parquet
-from stages.cleaning import FILTER_ORDER, clean_parquet
-from stages.config import load_params
-from stages.gates import Gate
+from lmpipe.cleaning import FILTER_ORDER, clean_parquet
+from lmpipe.gates import Gate
+from lmpipe.io import run_stage, write_json, write_parquet
+from lmpipe.params import load_params
+from lmpipe.text import spacing_key
 
 RAW = Path("data/raw/corpus.parquet")
 OUT = Path("data/clean")
@@ -29,12 +28,6 @@ DROPPED = Path("reports/dropped")
 # What must never survive scrubbing (kept simple and independent of the scrubber's own regexes).
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
 PHONE = r"\(?\b\d{3}\)?[-. ]\d{3}[-. ]\d{4}\b"
-
-
-def _text_key(text: str) -> int:
-    """8 bytes standing for the text up to case and whitespace, for the gate's uniqueness check."""
-    normalized = re.sub(r"\s+", " ", text.lower())
-    return int.from_bytes(hashlib.blake2b(normalized.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def kept_checks(paths: list[Path], batch_rows: int) -> pd.DataFrame:
@@ -47,7 +40,7 @@ def kept_checks(paths: list[Path], batch_rows: int) -> pd.DataFrame:
             parts.append(pd.DataFrame({
                 "chars": text.str.len(),
                 "pii_left": text.str.contains(EMAIL, regex=True) | text.str.contains(PHONE, regex=True),
-                "text_key": text.fillna("").map(_text_key).astype("int64"),
+                "text_key": text.fillna("").map(spacing_key).astype("int64"),
             }))
     empty = pd.DataFrame({"chars": pd.Series([], dtype="int64"), "pii_left": pd.Series([], dtype=bool),
                           "text_key": pd.Series([], dtype="int64")})

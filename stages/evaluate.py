@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import scoring
-from stages.artifacts import read_json, read_parquet, run_stage, seed_everything, set_threads, write_json
-from stages.config import EvaluateParams, load_params
-from stages.gates import Gate
-from stages.modeling import eval_lm_loss, load_meta, open_shard, perplexity, resolve_device
+from lmpipe import scoring
+from lmpipe.gates import Gate
+from lmpipe.io import read_json, read_parquet, run_stage, write_json
+from lmpipe.modeling import eval_lm_loss, load_meta, open_shard, perplexity
+from lmpipe.params import EvaluateParams, load_params
+from lmpipe.runtime import resolve_device, seed_everything, set_threads
 
 TASK_DIR = Path("data/raw/task")
 PLOTS = Path("plots/evaluate")

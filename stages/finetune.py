@@ -33,21 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.artifacts import (
-    StageError,
-    atomic_path,
-    read_json,
-    read_parquet,
-    run_stage,
-    seed_everything,
-    set_threads,
-    write_json,
-)
-from stages.config import FinetuneParams, load_params
-from stages.gates import Gate
-from stages.modeling import load_meta, open_shard, resolve_device, sample_blocks
-from stages.shifts import apply_shift
-from stages.world import text_key
+from lmpipe.gates import Gate
+from lmpipe.io import StageError, atomic_path, read_json, read_parquet, run_stage, write_json
+from lmpipe.modeling import load_meta, open_shard, sample_blocks
+from lmpipe.params import FinetuneParams, load_params
+from lmpipe.runtime import resolve_device, seed_everything, set_threads
+from lmpipe.shifts import apply_shift
+from lmpipe.text import text_key
 
 BASE_DIR = Path("models/base")
 OUT_DIR = Path("models/finetuned")

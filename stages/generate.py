@@ -14,11 +14,11 @@ import great_expectations.expectations as gxe
 import pandas as pd
 import torch
 
-from stages import scoring
-from stages.artifacts import StageError, run_stage, set_threads, write_json, write_jsonl, write_text
-from stages.config import GenerateParams, load_params
-from stages.gates import Gate
-from stages.modeling import resolve_device
+from lmpipe import scoring
+from lmpipe.gates import Gate
+from lmpipe.io import StageError, run_stage, write_json, write_jsonl, write_text
+from lmpipe.params import GenerateParams, load_params
+from lmpipe.runtime import resolve_device, set_threads
 
 MODELS = {"base": "models/base", "finetuned": "models/finetuned"}
 SAMPLES = Path("data/samples")

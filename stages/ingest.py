@@ -6,7 +6,7 @@ Sources (`data.source`):
   hf     `datasets.load_dataset` specs (a hub name with a network, or "json"/"csv"/"parquet"
          builders with local data_files)
 
-Outputs (the contract in DESIGN.md): data/raw/corpus.parquet, data/raw/task/{split}.parquet,
+Outputs (the data contract, see README "What the default run produces"): data/raw/corpus.parquet, data/raw/task/{split}.parquet,
 data/raw/task/shifts/<name>.parquet, data/raw/task/labels.json, data/raw/prompts.jsonl,
 metrics/ingest.json; then the ingest gate.
 """
@@ -21,11 +21,12 @@ from pathlib import Path
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from stages.artifacts import StageError, run_stage, write_json, write_jsonl, write_parquet
-from stages.config import DataParams, HubSpec, load_params
-from stages.gates import Gate
-from stages.shifts import apply_shift
-from stages.world import generate_world, text_key  # text_key: the one leakage normalization
+from lmpipe.gates import Gate
+from lmpipe.io import StageError, run_stage, write_json, write_jsonl, write_parquet
+from lmpipe.params import DataParams, HubSpec, load_params
+from lmpipe.shifts import apply_shift
+from lmpipe.text import text_key
+from lmpipe.world import generate_world
 
 RAW = Path("data/raw")
 SPLITS = ("train", "validation", "test")

@@ -34,23 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.artifacts import atomic_path, run_stage, seed_everything, set_threads, write_json
-from stages.config import PretrainParams, load_params
-from stages.modeling import (
+from lmpipe.io import atomic_path, run_stage, write_json
+from lmpipe.modeling import (
     LMLoss,
-    autocast,
     eval_lm_loss,
     flops_per_token,
-    keep_freed_memory,
     load_meta,
     open_shard,
     peak_flops,
     perplexity,
-    resolve_device,
     sample_blocks,
     to_device,
     unigram_loss,
 )
+from lmpipe.params import PretrainParams, load_params
+from lmpipe.runtime import autocast, keep_freed_memory, resolve_device, seed_everything, set_threads
 
 BASE_DIR = Path("models/base")
 CKPT_DIR = Path("data/checkpoints/pretrain")
@@ -412,7 +410,7 @@ def gate(result: dict, history: list, p: PretrainParams) -> None:
     """Losses finite, validation loss strictly below the unigram baseline, no divergence."""
     import great_expectations.expectations as gxe
 
-    from stages.gates import Gate
+    from lmpipe.gates import Gate
 
     losses = [h["train_loss"] for h in history if "train_loss" in h]
     vals = [h["val_loss"] for h in history if "val_loss" in h]

@@ -21,9 +21,9 @@ from pathlib import Path
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from stages.artifacts import StageError, atomic_path, read_json, run_stage, write_text
-from stages.config import load_params
-from stages.gates import Gate
+from lmpipe.gates import Gate
+from lmpipe.io import StageError, atomic_path, read_json, run_stage, write_text
+from lmpipe.params import load_params
 
 STAGES = ["ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate"]
 REPORTS = Path("reports")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import Progress, StageError, atomic_path, read_parquet, run_stage, write_json
-from stages.config import TokenizeParams, load_params
-from stages.gates import Gate
+from lmpipe.gates import Gate
+from lmpipe.io import StageError, atomic_path, read_parquet, run_stage, write_json
+from lmpipe.params import TokenizeParams, load_params
+from lmpipe.runtime import Progress
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import parse_params
+from lmpipe.params import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "tests" / "params-micro.yaml"

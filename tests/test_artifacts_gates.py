@@ -8,8 +8,8 @@ import great_expectations.expectations as gxe
 import pandas as pd
 import pytest
 
-from stages.artifacts import StageError, atomic_path, read_parquet, write_json
-from stages.gates import GATE_EXIT_CODE, Gate
+from lmpipe.gates import GATE_EXIT_CODE, Gate
+from lmpipe.io import StageError, atomic_path, read_parquet, write_json
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path):

@@ -20,8 +20,7 @@ import pytest
 from datasketch import LeanMinHash, MinHashLSH
 from test_cleaning import PROSE, _edit, corpus_of
 
-from stages.artifacts import StageError
-from stages.cleaning import (
+from lmpipe.cleaning import (
     CleanParams,
     MinHashParams,
     band_keys,
@@ -37,7 +36,8 @@ from stages.cleaning import (
     quality_signals,
     repair,
 )
-from stages.world import WorldParams, generate_world
+from lmpipe.io import StageError
+from lmpipe.world import WorldParams, generate_world
 
 ROOT = Path(__file__).resolve().parents[1]
 P = CleanParams(num_proc=1)
@@ -46,7 +46,7 @@ P = CleanParams(num_proc=1)
 @pytest.fixture(scope="module")
 def world() -> pd.DataFrame:
     """~2,400 generated documents with every kind of noise, near-duplicates included."""
-    return generate_world(WorldParams(docs=2000), seed=5).corpus.reset_index(drop=True)
+    return generate_world(WorldParams(docs=2000, encoded_share=0.03), seed=5).corpus.reset_index(drop=True)
 
 
 def _run(src: Path, out: Path, p: CleanParams, seed: int = 3):
@@ -206,7 +206,7 @@ def test_outputs_are_written_together_and_work_files_removed(tmp_path):
 MEASURE = textwrap.dedent("""
     import sys, tracemalloc
     import pyarrow as pa
-    import stages.cleaning as cleaning
+    import lmpipe.cleaning as cleaning
 
     warm, src, out, batch_rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     cleaning.READ_BUFFER = 1 << 14  # a fixed cost that would dwarf these small corpora

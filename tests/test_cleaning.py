@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from stages.artifacts import StageError
-from stages.cleaning import (
+from lmpipe.cleaning import (
     CHECKS,
     FILTER_ORDER,
     CleanParams,
@@ -25,6 +24,7 @@ from stages.cleaning import (
     still_shows,
     validation_mask,
 )
+from lmpipe.io import StageError
 
 PROSE = [
     "The harbour town woke slowly on winter mornings. Fishing boats rocked against the pier while "
@@ -324,8 +324,8 @@ def test_scoring_credits_a_dropped_twin_to_the_labelled_copy():
 
 
 def test_world_noise_is_removed_or_repaired_and_clean_docs_survive():
-    world = pytest.importorskip("stages.world")
-    corpus = world.generate_world(world.WorldParams(docs=3000), seed=11).corpus
+    world = pytest.importorskip("lmpipe.world")
+    corpus = world.generate_world(world.WorldParams(docs=3000, encoded_share=0.03), seed=11).corpus
     result = clean_corpus(corpus, CleanParams(num_proc=1), seed=11)
     scores = score_against_ground_truth(corpus, result)
     assert result.ground_truth == scores  # the stage's flags, computed in the workers, agree

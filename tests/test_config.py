@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import Params, ParamsError, parse_params, read_params
+from lmpipe.params import Params, ParamsError, parse_params, read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -103,7 +103,7 @@ def evaluate_tokenizer():
 
 
 def test_verdict_rule():
-    from stages.config import EvaluateParams
+    from lmpipe.params import EvaluateParams
 
     p = EvaluateParams()
     assert evaluate.verdict(3.0, 0.01, -0.02, p) == "transfers"  # no gap

@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from lmpipe.io import StageError
+from lmpipe.params import parse_params
 from stages import finetune
-from stages.artifacts import StageError
-from stages.config import parse_params
 
 INPUTS = ("models/base", "models/tokenizer", "data/raw/task", "data/tokens", "params.yaml")
 RUNS: dict[str, dict] = {}  # one fine-tune per configuration, shared by the tests below
@@ -63,7 +63,7 @@ def forgetting(root: Path, out: Path, batches: int = 8) -> float:
     """ppl(fine-tuned body + tied head) / ppl(base) − 1 on fixed validation windows."""
     from transformers import GPT2LMHeadModel
 
-    from stages.modeling import eval_lm_loss, load_meta, open_shard
+    from lmpipe.modeling import eval_lm_loss, load_meta, open_shard
 
     with contextlib.chdir(root):
         val = open_shard("validation", load_meta())

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.artifacts import StageError
-from stages.config import parse_params
+from lmpipe.io import StageError
+from lmpipe.params import parse_params
 from stages.ingest import build, leakage
 
 ROOT = Path(__file__).resolve().parents[1]

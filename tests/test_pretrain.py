@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from stages.config import TokenizeParams, parse_params
-from stages.modeling import flops_per_token, sample_blocks
+from lmpipe.modeling import flops_per_token, sample_blocks
+from lmpipe.params import TokenizeParams, parse_params
 from stages.pretrain import CKPT_DIR, build_model, flop_params, lr_at, mfu, total_steps, train
 from stages.tokenize_corpus import encode_docs, shard_dtype, train_tokenizer
 
@@ -103,7 +103,7 @@ def test_loss_decreases_and_beats_unigram(reference):
     assert result["val_loss"] < result["unigram_loss"] - 0.3
     assert result["val_ppl"] == pytest.approx(math.exp(result["val_loss"]))
     for key in ("train_loss", "val_loss", "val_ppl", "unigram_loss", "tokens_seen", "tokens_per_s",
-                "mfu", "params", "wall_s"):  # the metrics contract in DESIGN.md
+                "mfu", "params", "wall_s"):  # the metrics contract (README)
         assert key in result
     assert result["tokens_seen"] == 20 * 8 * 32 and result["tokens_per_s"] > 0
     # a transformers-loadable model and tokenizer, and the dvclive curves dvc.yaml points at

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stages import scoring
+from lmpipe import scoring
 
 
 def test_accuracy_macro_f1_and_confusion_by_hand():

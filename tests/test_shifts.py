@@ -4,7 +4,7 @@ import re
 import pandas as pd
 import pytest
 
-from stages.shifts import ENCODINGS, SHIFTS, apply_shift, encode, negate
+from lmpipe.shifts import ENCODINGS, SHIFTS, apply_shift, encode, negate
 
 SENTENCES = [
     "The soup was really good and the waiter was friendly.",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.config import TokenizeParams
+from lmpipe.params import TokenizeParams
 from stages.tokenize_corpus import EOS, PAD, encode_docs, rust_parallelism, shard_dtype, train_tokenizer
 
 WORDS = ("the a river stone quiet market sells bread every morning north wind brings rain "

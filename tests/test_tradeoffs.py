@@ -8,10 +8,10 @@ import math
 import pandas as pd
 import pytest
 
+from lmpipe.params import ParamsError
 from pipelines import tradeoffs
 from pipelines.experiments import normalize, overrides_args, parse_value, validate_overrides
 from pipelines.sweep import expand
-from stages.config import ParamsError
 
 
 def _data(params: dict, acc=None, shifts=(), forgetting=None, latency=None, readability=None, error=False):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from stages.shifts import encode
-from stages.world import LEXICON_A, LEXICON_B, NOISE_KINDS, WorldParams, generate_world, text_key
+from lmpipe.shifts import encode
+from lmpipe.world import LEXICON_A, LEXICON_B, NOISE_KINDS, WorldParams, generate_world, text_key
 
 SMALL = {"docs": 2000, "task": {"train": 300, "validation": 60, "test": 80}}
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(world):
 
 def test_output_does_not_depend_on_pythonhashseed():
     code = (
-        "import hashlib, io; from stages.world import WorldParams, generate_world\n"
+        "import hashlib, io; from lmpipe.world import WorldParams, generate_world\n"
         "w = generate_world(WorldParams(docs=300, task={'train': 40, 'validation': 10, 'test': 10}), 5)\n"
         "h = hashlib.sha256()\n"
         "for df in [w.corpus, *w.task.values(), *w.shifts.values()]:\n"

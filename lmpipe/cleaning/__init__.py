@@ -30,7 +30,6 @@ decisions.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import multiprocessing
 import os
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Literal
 
 import ftfy
 import numpy as np
@@ -53,106 +51,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasketch import MinHash
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stages.artifacts import Progress, StageError, atomic_path
+from lmpipe.io import StageError, atomic_path
+from lmpipe.params import CleanParams, MinHashParams  # noqa: F401  (re-exported)
+from lmpipe.runtime import Progress
+from lmpipe.text import dedup_words, digest64, unit_interval  # noqa: F401  (re-exported)
 
 # --- parameters ---------------------------------------------------------------------------------
-
-
-class MinHashParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    # estimated Jaccard similarity of shingle sets at or above which a doc is a near-duplicate
-    threshold: float = Field(0.85, ge=0.1, le=1.0)
-    # more permutations = a tighter Jaccard estimate, linearly more hashing time
-    num_perm: int = Field(128, ge=16, le=1024)
-    # Characters per shingle. Character shingles, not word shingles: a typo then costs a few
-    # shingles and a different word (another name, another adjective) many, which is what tells
-    # an edited copy from another document made from the same template. On the world (25-100-word
-    # documents) 4 chars at 0.85 finds ~99% of near-duplicates and drops ~1% of clean documents
-    # (templated twins); word 2- or 3-grams at their best trade-off found ~97% and dropped ~2%.
-    shingle_size: int = Field(4, ge=1, le=64)
-
-
-class CleanParams(BaseModel):
-    """Knobs of the clean stage. A filter whose threshold is at its neutral bound (a minimum of 0,
-    a maximum of 1 for shares) never drops anything, which is how a single filter is switched off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # repairs
-    fix_unicode: bool = True  # ftfy: mojibake, broken UTF-8, terminal escapes
-    normalization: Literal["NFC", "NFKC", "none"] = "NFC"  # NFKC also folds width, ligatures, ...
-    strip_html: bool = True
-    remove_control: bool = True
-    normalize_whitespace: bool = True
-    pii: bool = True
-
-    # documents of these domains skip the quality and repetition filters (still repaired,
-    # deduplicated and scrubbed, and dropped if empty): the world's "encoded" domain is
-    # leetspeak/rot13 on purpose
-    keep_domains: list[str] = ["encoded"]
-
-    # quality (Gopher, C4)
-    min_words: int = Field(10, ge=0)
-    max_words: int = Field(100_000, ge=1)
-    max_chars: int = Field(1_000_000, ge=1)  # also the clean gate's ceiling on kept text length
-    min_mean_word_len: float = Field(3.0, ge=0, le=100)
-    max_mean_word_len: float = Field(10.0, ge=1, le=1000)
-    max_symbol_word_ratio: float = Field(0.1, ge=0, le=100)  # "#" and ellipses per word
-    min_punct_line_share: float = Field(0.3, ge=0, le=1)  # lines ending in . ! ? " ' (C4)
-    min_alpha_share: float = Field(0.8, ge=0, le=1)  # words with a letter in them
-    min_stopword_share: float = Field(0.15, ge=0, le=1)  # English heuristic, no model needed
-
-    # repetition (Gopher table A1)
-    max_dup_para_share: float = Field(0.3, ge=0, le=1)
-    max_dup_para_char_share: float = Field(0.2, ge=0, le=1)
-    max_dup_line_share: float = Field(0.3, ge=0, le=1)
-    max_dup_line_char_share: float = Field(0.2, ge=0, le=1)
-    # Share of characters in the most frequent word 2/3/4-gram (if seen 3+ times). Gopher's
-    # 0.20/0.18/0.16 were set for 50+-word web pages; on the world's 25-100-word documents they
-    # dropped 2% of clean ones (dialogues whose answers repeat the question), these drop 0.2%.
-    max_top_2gram_share: float = Field(0.25, ge=0, le=1)
-    max_top_3gram_share: float = Field(0.30, ge=0, le=1)
-    max_top_4gram_share: float = Field(0.30, ge=0, le=1)
-    # Share of characters in word 10-grams that repeat an earlier one: copied passages, which the
-    # top n-grams miss when a long sentence repeats. (Gopher checks 5- to 10-grams at 0.15 to 0.10,
-    # again for long pages; on the world that drops 1.4% of clean documents, this 0.01%.)
-    max_dup_10gram_share: float = Field(0.30, ge=0, le=1)
-
-    # deduplication
-    exact_dedup: bool = True
-    minhash: MinHashParams = MinHashParams()
-
-    # output
-    validation_share: float = Field(0.05, ge=0, le=0.5)
-    dropped_sample: int = Field(20, ge=0, le=10_000)  # dropped docs kept per filter for review
-
-    # execution: per-document work runs in num_proc processes, batch_size docs per task
-    num_proc: int = Field(2, ge=1, le=256)
-    batch_size: int = Field(1000, ge=1, le=1_000_000)
-    # Out of core: the corpus is read, cleaned and written batch_rows documents at a time (two
-    # batches in flight), so memory is those batches plus ~100 bytes per document of dedup
-    # state at its peak. Lower it for long documents: 10,000 docs of 5 KB is 50 MB of text.
-    batch_rows: int = Field(10_000, ge=1, le=10_000_000)
-    # rows per row group of the written splits (whatever batch_rows is, so the files do not
-    # depend on it); one row group is buffered in memory before it is written
-    row_group_rows: int = Field(65_536, ge=1, le=10_000_000)
-
-    # quality gate (read by stages/clean.py): no single filter may drop more than this share
-    max_drop_share: float = Field(0.5, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _bounds_in_order(self) -> CleanParams:
-        if self.min_words > self.max_words:
-            raise ValueError(f"min_words={self.min_words} exceeds max_words={self.max_words}")
-        if self.min_mean_word_len > self.max_mean_word_len:
-            raise ValueError(
-                f"min_mean_word_len={self.min_mean_word_len} exceeds max_mean_word_len={self.max_mean_word_len}"
-            )
-        return self
 
 
 # Repetition runs before the other quality filters, as in FineWeb's pipeline: spam made of one
@@ -471,20 +376,6 @@ def first_failure(s: dict[str, float], p: CleanParams) -> tuple[str, str]:
 
 
 # --- dedup keys ---------------------------------------------------------------------------------
-
-_NON_WORD = re.compile(r"[\W_]+")
-
-
-def dedup_words(text: str) -> list[str]:
-    """Case-folded words without punctuation, so trivial variants of a document collide."""
-    return _NON_WORD.sub(" ", text.casefold()).split()
-
-
-def digest64(text: str) -> int:
-    """A 64-bit hash of `text` as an unsigned int. hashlib, never hash(): Python salts str hashes
-    per process, which would break determinism."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
 
 def exact_key(words: list[str]) -> int:
     """The exact-dedup key: 8 bytes per document. Two different documents share one with
@@ -815,14 +706,9 @@ def cluster_roots(first_match: np.ndarray) -> np.ndarray:
 # --- split ---------------------------------------------------------------------------------------
 
 
-def _unit(doc_id: str, seed: int) -> float:
-    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 def validation_mask(ids: pd.Series, share: float, seed: int) -> pd.Series:
     """A document's side of the split depends only on (seed, id), not on position or neighbours."""
-    return ids.map(lambda doc_id: _unit(doc_id, seed)) < share
+    return ids.map(lambda doc_id: unit_interval(seed, doc_id)) < share
 
 
 # --- the streamed stage -------------------------------------------------------------------------
@@ -1105,7 +991,7 @@ def _write_splits(docs_path: Path, out: Path, schema: pa.Schema, code, duplicate
 
             kept = np.flatnonzero(c == 0)
             table = pa.Table.from_arrays([batch.column(name) for name in schema.names], schema=schema).take(kept)
-            is_val = np.fromiter((_unit(ids[k], seed) < p.validation_share for k in kept), bool, len(kept))
+            is_val = np.fromiter((unit_interval(seed, ids[k]) < p.validation_share for k in kept), bool, len(kept))
             train.add(table.filter(pa.array(~is_val)))
             validation.add(table.filter(pa.array(is_val)))
             stats["docs_out"] += len(kept)

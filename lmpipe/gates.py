@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.artifacts import write_json
+from lmpipe.io import write_json
 
 # GX would otherwise phone home on first use; the pipeline must work offline.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -16,16 +16,179 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from stages.cleaning import CleanParams
-from stages.world import WorldParams
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path(os.environ.get("LMPIPE_PARAMS", "params.yaml"))
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Names the schema checks against; lmpipe.shifts and lmpipe.world hold the code behind them (a test
+# keeps these in step), so this module imports nothing heavier than pydantic and yaml.
+ENCODING_NAMES = ("leet", "rot13", "reverse", "typos")
+MAX_FACTS = 60  # people in the world's name list, each fact needs one
+
+
+# --- world (the generated default corpus) --------------------------------------------------------------------------------
+
+ReviewDomain = Literal["restaurant_review", "movie_review", "product_review"]
+
+
+class NoiseRates(BaseModel):
+    """Share of `docs` that gets each noise kind. html, mojibake, control and pii edit documents in
+    place (a document can get several); the others add documents."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exact_dup: float = Field(0.03, ge=0, le=0.5)
+    near_dup: float = Field(0.03, ge=0, le=0.5)
+    html: float = Field(0.02, ge=0, le=0.5)
+    mojibake: float = Field(0.01, ge=0, le=0.1)  # only documents with non-ASCII text qualify
+    control: float = Field(0.01, ge=0, le=0.5)
+    short: float = Field(0.02, ge=0, le=0.5)
+    gibberish: float = Field(0.01, ge=0, le=0.5)
+    spam: float = Field(0.01, ge=0, le=0.5)
+    pii: float = Field(0.02, ge=0, le=0.5)
+
+
+class TaskSizes(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: int = Field(2000, ge=2, le=50_000)
+    validation: int = Field(400, ge=2, le=20_000)
+    test: int = Field(500, ge=2, le=20_000)  # also the size of every shift split
+    classes: int = Field(2, ge=2, le=3)  # 3 adds "neutral": reviews mixing a positive and a negative aspect
+
+
+class WorldParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    docs: int = Field(20_000, ge=10, le=2_000_000)  # pretraining documents before noise; ~5 MB at 20k
+    encoded_share: float = Field(0.05, ge=0, le=1)  # per encoding, share of docs also rendered encoded
+    parallel_share: float = Field(0.5, ge=0, le=1)  # of those, share rendered as plain/encoded line pairs
+    encodings: list[str] = ["leet", "rot13", "reverse"]  # names in ENCODING_NAMES (lmpipe.shifts)
+    noise: NoiseRates = NoiseRates()
+    task: TaskSizes = TaskSizes()
+    task_domain: ReviewDomain = "restaurant_review"  # the in-distribution fine-tuning domain
+    shift_domain: ReviewDomain = "movie_review"  # the `domain` shift
+    facts: int = Field(30, ge=3, le=MAX_FACTS)  # countries and people in the fact table
+
+    @field_validator("encodings")
+    @classmethod
+    def _known_encodings(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in ENCODING_NAMES]
+        if unknown:
+            raise ValueError(f"unknown encodings {unknown}; valid: {', '.join(ENCODING_NAMES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"encodings must not repeat: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _distinct_domains(self) -> WorldParams:
+        if self.task_domain == self.shift_domain:
+            raise ValueError(f"shift_domain must differ from task_domain (both {self.task_domain!r})")
+        return self
+
+
+
+# --- clean ---
+
+
+class MinHashParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # estimated Jaccard similarity of shingle sets at or above which a doc is a near-duplicate
+    threshold: float = Field(0.85, ge=0.1, le=1.0)
+    # more permutations = a tighter Jaccard estimate, linearly more hashing time
+    num_perm: int = Field(128, ge=16, le=1024)
+    # Characters per shingle. Character shingles, not word shingles: a typo then costs a few
+    # shingles and a different word (another name, another adjective) many, which is what tells
+    # an edited copy from another document made from the same template. On the world (25-100-word
+    # documents) 4 chars at 0.85 finds ~99% of near-duplicates and drops ~1% of clean documents
+    # (templated twins); word 2- or 3-grams at their best trade-off found ~97% and dropped ~2%.
+    shingle_size: int = Field(4, ge=1, le=64)
+
+
+class CleanParams(BaseModel):
+    """Knobs of the clean stage. A filter whose threshold is at its neutral bound (a minimum of 0,
+    a maximum of 1 for shares) never drops anything, which is how a single filter is switched off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # repairs
+    fix_unicode: bool = True  # ftfy: mojibake, broken UTF-8, terminal escapes
+    normalization: Literal["NFC", "NFKC", "none"] = "NFC"  # NFKC also folds width, ligatures, ...
+    strip_html: bool = True
+    remove_control: bool = True
+    normalize_whitespace: bool = True
+    pii: bool = True
+
+    # documents of these domains skip the quality and repetition filters (still repaired,
+    # deduplicated and scrubbed, and dropped if empty): the world's "encoded" domain is
+    # leetspeak/rot13 on purpose
+    keep_domains: list[str] = ["encoded"]
+
+    # quality (Gopher, C4)
+    min_words: int = Field(10, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    max_chars: int = Field(1_000_000, ge=1)  # also the clean gate's ceiling on kept text length
+    min_mean_word_len: float = Field(3.0, ge=0, le=100)
+    max_mean_word_len: float = Field(10.0, ge=1, le=1000)
+    max_symbol_word_ratio: float = Field(0.1, ge=0, le=100)  # "#" and ellipses per word
+    min_punct_line_share: float = Field(0.3, ge=0, le=1)  # lines ending in . ! ? " ' (C4)
+    min_alpha_share: float = Field(0.8, ge=0, le=1)  # words with a letter in them
+    min_stopword_share: float = Field(0.15, ge=0, le=1)  # English heuristic, no model needed
+
+    # repetition (Gopher table A1)
+    max_dup_para_share: float = Field(0.3, ge=0, le=1)
+    max_dup_para_char_share: float = Field(0.2, ge=0, le=1)
+    max_dup_line_share: float = Field(0.3, ge=0, le=1)
+    max_dup_line_char_share: float = Field(0.2, ge=0, le=1)
+    # Share of characters in the most frequent word 2/3/4-gram (if seen 3+ times). Gopher's
+    # 0.20/0.18/0.16 were set for 50+-word web pages; on the world's 25-100-word documents they
+    # dropped 2% of clean ones (dialogues whose answers repeat the question), these drop 0.2%.
+    max_top_2gram_share: float = Field(0.25, ge=0, le=1)
+    max_top_3gram_share: float = Field(0.30, ge=0, le=1)
+    max_top_4gram_share: float = Field(0.30, ge=0, le=1)
+    # Share of characters in word 10-grams that repeat an earlier one: copied passages, which the
+    # top n-grams miss when a long sentence repeats. (Gopher checks 5- to 10-grams at 0.15 to 0.10,
+    # again for long pages; on the world that drops 1.4% of clean documents, this 0.01%.)
+    max_dup_10gram_share: float = Field(0.30, ge=0, le=1)
+
+    # deduplication
+    exact_dedup: bool = True
+    minhash: MinHashParams = MinHashParams()
+
+    # output
+    validation_share: float = Field(0.05, ge=0, le=0.5)
+    dropped_sample: int = Field(20, ge=0, le=10_000)  # dropped docs kept per filter for review
+
+    # execution: per-document work runs in num_proc processes, batch_size docs per task
+    num_proc: int = Field(2, ge=1, le=256)
+    batch_size: int = Field(1000, ge=1, le=1_000_000)
+    # Out of core: the corpus is read, cleaned and written batch_rows documents at a time (two
+    # batches in flight), so memory is those batches plus ~100 bytes per document of dedup
+    # state at its peak. Lower it for long documents: 10,000 docs of 5 KB is 50 MB of text.
+    batch_rows: int = Field(10_000, ge=1, le=10_000_000)
+    # rows per row group of the written splits (whatever batch_rows is, so the files do not
+    # depend on it); one row group is buffered in memory before it is written
+    row_group_rows: int = Field(65_536, ge=1, le=10_000_000)
+
+    # quality gate (read by stages/clean.py): no single filter may drop more than this share
+    max_drop_share: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> CleanParams:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words={self.min_words} exceeds max_words={self.max_words}")
+        if self.min_mean_word_len > self.max_mean_word_len:
+            raise ValueError(
+                f"min_mean_word_len={self.min_mean_word_len} exceeds max_mean_word_len={self.max_mean_word_len}"
+            )
+        return self
 
 
 # --- ingest -------------------------------------------------------------------------------------
@@ -123,12 +286,12 @@ class PretrainParams(Section):
     model: ModelShape = ModelShape()
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA
-    nproc: int = Field(1, ge=1, le=1024)  # >1: DDP via torchrun, one process per device/core
+    nproc: int = Field(2, ge=1, le=1024)  # >1: DDP via torchrun, one process per device/core
     compile: bool = False  # torch.compile: faster steps on GPU after a one-off compile cost
     threads: int = Field(0, ge=0)  # CPU threads; 0 = all cores
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(600, ge=1)
+    max_steps: int = Field(300, ge=1)
     max_tokens: int = Field(0, ge=0)  # token budget; overrides max_steps when > 0
     lr: float = Field(3e-3, gt=0, le=1.0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1.0)
@@ -171,12 +334,12 @@ class FinetuneParams(Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_length: int = Field(64, ge=8)
-    early_stopping_patience: int = Field(0, ge=0)  # 0 = off
+    early_stopping_patience: int = Field(1, ge=0)  # 0 = off
     replay_weight: float = Field(0.0, ge=0)  # lambda: + lambda * LM loss on pretraining blocks
     replay_batch_size: int = Field(8, ge=1)
     augment: list[str] = []  # shift names applied to a share of training examples
     augment_share: float = Field(0.2, ge=0, le=1)
-    threads: int = Field(0, ge=0)
+    threads: int = Field(1, ge=0)
     gate: GateFinetune = GateFinetune()
 
 

@@ -11,10 +11,8 @@ import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,38 +92,6 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
         if missing:
             raise StageError(f"{path} lacks column(s) {missing}; it has {list(df.columns)}")
     return df
-
-
-def seed_everything(seed: int) -> None:
-    """One seed drives Python, NumPy and torch; stages derive sub-seeds from it explicitly."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_threads(threads: int) -> int:
-    import torch
-
-    n = threads or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    return n
-
-
-class Progress:
-    """Rate-limited progress lines on stderr (DVC and Prefect both stream them)."""
-
-    def __init__(self, label: str, total: int, every_s: float = 5.0):
-        self.label, self.total, self.every_s = label, total, every_s
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int, extra: str = "") -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and done < self.total:
-            return
-        self.last = now
-        print(f"[{self.label}] {done}/{self.total} {extra} ({now - self.start:.0f}s)", flush=True)
 
 
 def run_stage(main) -> None:

@@ -7,7 +7,6 @@ with like.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -16,34 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.artifacts import StageError
+from lmpipe.io import StageError
+from lmpipe.runtime import autocast
 
 TOKENS_DIR = Path("data/tokens")
 
 # Dense bf16 peak FLOP/s by device-name substring (vendor datasheets, no sparsity).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
               "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
-
-
-def resolve_device(requested: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    has = {"cuda": torch.cuda.is_available(),
-           "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-           "cpu": True}
-    if requested == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
-    if not has[requested]:
-        raise StageError(f"device '{requested}' was requested but is not available on this machine;"
-                         " use device: auto or cpu")
-    return torch.device(requested)
-
-
-def autocast(device: torch.device, dtype: str):
-    """bf16 autocast on CUDA (the default there), full fp32 elsewhere: CPU bf16 is slower here."""
-    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def peak_flops(device: torch.device, cpu_peak: float) -> float:
@@ -59,30 +38,6 @@ def flops_per_token(n_params: int, n_layer: int, n_head: int, head_dim: int, seq
     """Training FLOPs per token, PaLM appendix B as in nanoGPT: 6N for the weights' forward and
     backward matmuls plus 12·L·H·Q·T for attention scores and values."""
     return 6 * n_params + 12 * n_layer * n_head * head_dim * seq_len
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed large blocks for reuse instead of returning them to the OS.
-
-    By default glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
-    mmap and unmaps it on free. A CPU training step frees and reallocates several vocabulary-sized
-    buffers (logits, their log-softmax, their gradient: 33.5 MB each at batch 16 x block 128 x vocab
-    4096), so every step page-faults ~38,000 freshly zeroed pages back in; with the heap serving
-    them and never trimmed, that drops to ~500 faults and steps run ~1.3x faster
-    (bench/pretrain.py --allocator). jemalloc or tcmalloc through LD_PRELOAD would do the same from
-    outside; this is two mallopt calls with no new dependency. Linux/glibc only, else a no-op;
-    process-wide, so call it only in processes that train or evaluate. Returns whether it applied."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def load_meta() -> dict:

@@ -21,16 +21,15 @@ Parts use separate streams, so changing the task sizes leaves the corpus byte-id
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stages.shifts import ENCODINGS, apply_shift, encode
+from lmpipe.params import NoiseRates, TaskSizes, WorldParams  # noqa: F401  (re-exported)
+from lmpipe.shifts import apply_shift, encode
+from lmpipe.text import text_key  # noqa: F401  (re-exported for the stages)
 
 # --- vocabulary --------------------------------------------------------------------------------
 
@@ -80,73 +79,6 @@ _SYLLABLES = ("vel", "mor", "an", "dor", "is", "ka", "lun", "tes", "bri", "sol",
 
 def _rng(seed: int, part: str) -> random.Random:
     return random.Random(f"lmpipe-world:{seed}:{part}")
-
-
-def text_key(text: str) -> str:
-    """Normalized hash for leakage checks: case, punctuation and spacing do not count."""
-    norm = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-    return hashlib.sha1(norm.encode("utf-8")).hexdigest()
-
-
-# --- parameters --------------------------------------------------------------------------------
-
-ReviewDomain = Literal["restaurant_review", "movie_review", "product_review"]
-
-
-class NoiseRates(BaseModel):
-    """Share of `docs` that gets each noise kind. html, mojibake, control and pii edit documents in
-    place (a document can get several); the others add documents."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    exact_dup: float = Field(0.03, ge=0, le=0.5)
-    near_dup: float = Field(0.03, ge=0, le=0.5)
-    html: float = Field(0.02, ge=0, le=0.5)
-    mojibake: float = Field(0.01, ge=0, le=0.1)  # only documents with non-ASCII text qualify
-    control: float = Field(0.01, ge=0, le=0.5)
-    short: float = Field(0.02, ge=0, le=0.5)
-    gibberish: float = Field(0.01, ge=0, le=0.5)
-    spam: float = Field(0.01, ge=0, le=0.5)
-    pii: float = Field(0.02, ge=0, le=0.5)
-
-
-class TaskSizes(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    train: int = Field(2000, ge=2, le=50_000)
-    validation: int = Field(400, ge=2, le=20_000)
-    test: int = Field(500, ge=2, le=20_000)  # also the size of every shift split
-    classes: int = Field(2, ge=2, le=3)  # 3 adds "neutral": reviews mixing a positive and a negative aspect
-
-
-class WorldParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    docs: int = Field(20_000, ge=10, le=2_000_000)  # pretraining documents before noise; ~5 MB at 20k
-    encoded_share: float = Field(0.03, ge=0, le=1)  # per encoding, share of docs also rendered encoded
-    parallel_share: float = Field(0.5, ge=0, le=1)  # of those, share rendered as plain/encoded line pairs
-    encodings: list[str] = ["leet", "rot13", "reverse"]  # names in stages.shifts.ENCODINGS
-    noise: NoiseRates = NoiseRates()
-    task: TaskSizes = TaskSizes()
-    task_domain: ReviewDomain = "restaurant_review"  # the in-distribution fine-tuning domain
-    shift_domain: ReviewDomain = "movie_review"  # the `domain` shift
-    facts: int = Field(30, ge=3, le=len(_PEOPLE))  # countries and people in the fact table
-
-    @field_validator("encodings")
-    @classmethod
-    def _known_encodings(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in ENCODINGS]
-        if unknown:
-            raise ValueError(f"unknown encodings {unknown}; valid: {', '.join(sorted(ENCODINGS))}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"encodings must not repeat: {names}")
-        return names
-
-    @model_validator(mode="after")
-    def _distinct_domains(self) -> WorldParams:
-        if self.task_domain == self.shift_domain:
-            raise ValueError(f"shift_domain must differ from task_domain (both {self.task_domain!r})")
-        return self
 
 
 @dataclass(frozen=True)
