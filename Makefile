@@ -25,9 +25,9 @@ $(STAMP): requirements.lock
 
 setup: $(STAMP)  ## create .venv from requirements.lock
 
-run: setup  ## the default pipeline end to end (dvc repro), then the summary
+run: setup  ## the default pipeline end to end (dvc repro), then a short summary (dvc metrics show: every key)
 	dvc repro
-	dvc metrics show
+	$(PY) -m pipelines.summary
 
 flow: setup  ## the same DAG as a Prefect flow (ephemeral local API)
 	$(PY) -m pipelines.flow

@@ -1,4 +1,4 @@
-"""Our quality filters and exact dedup (stages/cleaning.py) against the equivalent datatrove
+"""Our quality filters and exact dedup (lmpipe/cleaning) against the equivalent datatrove
 pipeline, and how the streamed clean stage scales.
 
     python bench/clean.py [--docs 5000] [--repeat 3] [--seed 1337]
@@ -40,17 +40,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (datasets, datatrove
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lmpipe.cleaning import (  # noqa: E402
-    STOP_WORDS,
-    CleanParams,
-    clean_corpus,
-    clean_parquet,
-    dedup_words,
-    exact_duplicates,
-    exact_key,
-    first_failure,
-    quality_signals,
-)
+from lmpipe.cleaning.dedup import exact_duplicates, exact_key  # noqa: E402
+from lmpipe.cleaning.filters import STOP_WORDS, first_failure, quality_signals  # noqa: E402
+from lmpipe.cleaning.streaming import clean_corpus, clean_parquet  # noqa: E402
+from lmpipe.params import CleanParams  # noqa: E402
+from lmpipe.text import dedup_words  # noqa: E402
 
 
 def load_datatrove():

@@ -8,16 +8,16 @@ Goal: flow / dvc repro <= 1.10.
     python -m bench.orchestration --ephemeral   # also the flow on a cold ephemeral API (as `make flow`)
     python -m bench.orchestration --repeat 5    # alternate the order, report medians and best-of
     python -m bench.orchestration --per-stage   # also the stages one by one without Prefect: one
-                                                # `dvc repro --single-item` process per stage (what
-                                                # the flow did before), and the flow's in-process call
+                                                # `dvc repro --single-item` process per stage, and
+                                                # the flow's in-process call (pipelines.dvc_runner)
     python -m bench.orchestration --baseline-flow /tmp/flow-before.py   # an older flow.py, same rounds
 
 "server": a `prefect server start` on 127.0.0.1 is already up (started here, not timed), as with
 deployments and workers; the flow process still imports Prefect and talks to it for every task,
 log line and artifact. "ephemeral": no PREFECT_API_URL, so the flow process first starts a
 temporary local API itself (what `python -m pipelines.flow` does on a machine without a server).
-A `dvc repro --single-item` process per stage costs ~0.35 s of CPU each (start Python, import
-DVC, parse dvc.yaml/dvc.lock/params), which is why the flow calls DVC in process.
+`--per-stage` prices what calling DVC in process saves: a `dvc repro --single-item` process per
+stage starts Python, imports DVC and parses dvc.yaml, dvc.lock and params.yaml every time.
 
 Besides wall time, each run reports CPU seconds (the process tree's user+sys, plus the running
 server's for "server"), and then runs once more with nothing to do: that no-op rerun is the fixed
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     stages_cmd = [sys.executable, "-c", "import subprocess, sys; from pipelines.dag import read_stages, "
                   "topological_order; [subprocess.run([sys.argv[1], 'repro', '--single-item', s], check=True) "
                   "for s in topological_order(read_stages())]", str(BIN / "dvc")]
-    # the flow's own DVC call per stage (pipelines.flow.repro, output through its pipe), no Prefect run
+    # the flow's own DVC call per stage (pipelines.dvc_runner.repro, output through its pipe), no Prefect run
     inproc_cmd = [sys.executable, "-c", "import logging, sys; from pipelines.dag import read_stages, "
-                  "topological_order; from pipelines.flow import repro; log = logging.getLogger('stage'); "
+                  "topological_order; from pipelines.dvc_runner import repro; log = logging.getLogger('stage'); "
                   "log.setLevel(logging.INFO); sys.exit(max(repro(s, False, log)[0] "
                   "for s in topological_order(read_stages())))"]
     runs = {"dvc": ([str(BIN / "dvc"), "repro"], env)}

@@ -3,7 +3,7 @@
 Run: `python bench/tokenize_corpus.py` (or `python -m bench.tokenize_corpus`); `--help` for the knobs.
 (Not `bench/tokenize.py`: run as a script, that name would shadow the standard library's `tokenize`
 for every script in bench/, which numpy and inspect import.)
-Goal: `stages.tokenize_corpus.encode_docs` at >= 0.9x the raw call's throughput.
+Goal: `lmpipe.tokenizer.encode_docs` (what the tokenize stage runs) at >= 0.9x the raw call's throughput.
 
 Same tokenizer (models/tokenizer when the tokenize stage has run, else one trained here), same
 text (the clean train split, else generated sentences), same Rust parallelism setting
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/tokenize_corpus.py` from the repo
 os.chdir(ROOT)
 
 from lmpipe.params import TokenizeParams, read_params  # noqa: E402
-from stages.tokenize_corpus import encode_docs, rust_parallelism, train_tokenizer  # noqa: E402
+from lmpipe.tokenizer import encode_docs, rust_parallelism, train_tokenizer  # noqa: E402
 
 
 def load_texts(limit: int) -> tuple[list[str], str]:

@@ -2,7 +2,8 @@
 
 import time
 
-from lmpipe.world import WorldParams, generate_world
+from lmpipe.params import WorldParams
+from lmpipe.world import generate_world
 
 
 def main() -> None:

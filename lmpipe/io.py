@@ -12,12 +12,17 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the params check stage stays light
+    import pandas as pd
 
 
 class StageError(RuntimeError):
@@ -59,7 +64,15 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a stage input, turning a missing or corrupt file into a StageError that names it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "is missing: run the upstream stage first (dvc repro)"
+        raise StageError(f"input {path} {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StageError(f"cannot read {path}: not valid JSON ({err})".splitlines()[0]) from None
 
 
 def write_jsonl(path: str | Path, rows) -> None:
@@ -80,6 +93,8 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a stage input, turning a missing or corrupt file into a StageError that names it."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise StageError(f"missing input {path}: run the upstream stage first (dvc repro)")
@@ -94,10 +109,35 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
     return df
 
 
+# Exit codes every stage shares, so `dvc repro`, the Prefect flow and CI can tell failures apart:
+# 1 = a data-quality gate failed (lmpipe.gates), 2 = bad params or inputs (fix them, rerun),
+# 3 = a bug (unexpected exception). All three are final: running the stage again fails again.
+GATE_FAILED, BAD_INPUT, UNEXPECTED = 1, 2, 3
+
+
+def _exit_now(code: int) -> None:
+    """Leave without interpreter shutdown: finalizers of half-torn-down libraries (DVC's pack index,
+    multiprocessing, CUDA) print "Exception ignored in ..." noise there, and the user's last line must
+    be the error. Everything the stage wrote went through atomic_path and is already closed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_stage(main) -> None:
-    """Entry point wrapper: input errors print one line and exit 1 instead of a traceback."""
+    """Entry point of every stage: on failure the last line printed says why, and the exit code says
+    what kind of failure it was."""
     try:
         main()
     except StageError as err:
-        print(f"error: {err}", flush=True)
-        raise SystemExit(1) from None
+        print(f"error: {err}", file=sys.stderr)
+        _exit_now(BAD_INPUT)
+    except SystemExit as err:  # a failed gate or params check has already printed its message
+        _exit_now(err.code if isinstance(err.code, int) else BAD_INPUT)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        _exit_now(130)
+    except Exception as err:  # noqa: BLE001 - report any bug the same way, traceback first
+        traceback.print_exc()
+        print(f"error: unexpected {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        _exit_now(UNEXPECTED)

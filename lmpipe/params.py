@@ -18,6 +18,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmpipe.params_errors import describe, describe_yaml_error
+
 PARAMS_FILE = Path(os.environ.get("LMPIPE_PARAMS", "params.yaml"))
 
 
@@ -28,19 +30,19 @@ class Section(BaseModel):
 # Names the schema checks against; lmpipe.shifts and lmpipe.world hold the code behind them (a test
 # keeps these in step), so this module imports nothing heavier than pydantic and yaml.
 ENCODING_NAMES = ("leet", "rot13", "reverse", "typos")
+# Shifts that change the label (negation mirrors it): defined only for an ordered polarity task.
+LABEL_MAPPING_SHIFTS = ("negation",)
 MAX_FACTS = 60  # people in the world's name list, each fact needs one
 
 
-# --- world (the generated default corpus) --------------------------------------------------------------------------------
+# --- world (the generated default corpus) -------------------------------------------------------
 
 ReviewDomain = Literal["restaurant_review", "movie_review", "product_review"]
 
 
-class NoiseRates(BaseModel):
+class NoiseRates(Section):
     """Share of `docs` that gets each noise kind. html, mojibake, control and pii edit documents in
     place (a document can get several); the others add documents."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     exact_dup: float = Field(0.03, ge=0, le=0.5)
     near_dup: float = Field(0.03, ge=0, le=0.5)
@@ -53,18 +55,14 @@ class NoiseRates(BaseModel):
     pii: float = Field(0.02, ge=0, le=0.5)
 
 
-class TaskSizes(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TaskSizes(Section):
     train: int = Field(2000, ge=2, le=50_000)
     validation: int = Field(400, ge=2, le=20_000)
     test: int = Field(500, ge=2, le=20_000)  # also the size of every shift split
     classes: int = Field(2, ge=2, le=3)  # 3 adds "neutral": reviews mixing a positive and a negative aspect
 
 
-class WorldParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class WorldParams(Section):
     docs: int = Field(20_000, ge=10, le=2_000_000)  # pretraining documents before noise; ~5 MB at 20k
     encoded_share: float = Field(0.05, ge=0, le=1)  # per encoding, share of docs also rendered encoded
     parallel_share: float = Field(0.5, ge=0, le=1)  # of those, share rendered as plain/encoded line pairs
@@ -91,14 +89,10 @@ class WorldParams(BaseModel):
             raise ValueError(f"shift_domain must differ from task_domain (both {self.task_domain!r})")
         return self
 
-
-
 # --- clean ---
 
 
-class MinHashParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MinHashParams(Section):
     enabled: bool = True
     # estimated Jaccard similarity of shingle sets at or above which a doc is a near-duplicate
     threshold: float = Field(0.85, ge=0.1, le=1.0)
@@ -106,17 +100,13 @@ class MinHashParams(BaseModel):
     num_perm: int = Field(128, ge=16, le=1024)
     # Characters per shingle. Character shingles, not word shingles: a typo then costs a few
     # shingles and a different word (another name, another adjective) many, which is what tells
-    # an edited copy from another document made from the same template. On the world (25-100-word
-    # documents) 4 chars at 0.85 finds ~99% of near-duplicates and drops ~1% of clean documents
-    # (templated twins); word 2- or 3-grams at their best trade-off found ~97% and dropped ~2%.
+    # an edited copy from another document made from the same template.
     shingle_size: int = Field(4, ge=1, le=64)
 
 
-class CleanParams(BaseModel):
+class CleanParams(Section):
     """Knobs of the clean stage. A filter whose threshold is at its neutral bound (a minimum of 0,
     a maximum of 1 for shares) never drops anything, which is how a single filter is switched off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # repairs
     fix_unicode: bool = True  # ftfy: mojibake, broken UTF-8, terminal escapes
@@ -147,15 +137,13 @@ class CleanParams(BaseModel):
     max_dup_para_char_share: float = Field(0.2, ge=0, le=1)
     max_dup_line_share: float = Field(0.3, ge=0, le=1)
     max_dup_line_char_share: float = Field(0.2, ge=0, le=1)
-    # Share of characters in the most frequent word 2/3/4-gram (if seen 3+ times). Gopher's
-    # 0.20/0.18/0.16 were set for 50+-word web pages; on the world's 25-100-word documents they
-    # dropped 2% of clean ones (dialogues whose answers repeat the question), these drop 0.2%.
+    # Share of characters in the most frequent word 2/3/4-gram (if seen 3+ times). Above Gopher's
+    # 0.20/0.18/0.16, which were set for 50+-word web pages: short dialogues repeat their question.
     max_top_2gram_share: float = Field(0.25, ge=0, le=1)
     max_top_3gram_share: float = Field(0.30, ge=0, le=1)
     max_top_4gram_share: float = Field(0.30, ge=0, le=1)
     # Share of characters in word 10-grams that repeat an earlier one: copied passages, which the
-    # top n-grams miss when a long sentence repeats. (Gopher checks 5- to 10-grams at 0.15 to 0.10,
-    # again for long pages; on the world that drops 1.4% of clean documents, this 0.01%.)
+    # top n-grams miss when a long sentence repeats (Gopher's 5- to 10-gram limits suit long pages).
     max_dup_10gram_share: float = Field(0.30, ge=0, le=1)
 
     # deduplication
@@ -239,9 +227,25 @@ class DataParams(Section):
     files: FilesSource = FilesSource()
     hf: HubSource = HubSource()
     label_names: list[str] = ["negative", "positive"]  # for files/hf; the world defines its own
-    shifts: list[str] = ["typos", "leet", "rot13", "negation"]  # made from a real test split
+    # Made from a real test split (files/hf; the world makes its own). The defaults only rewrite the
+    # text and keep its label, so they are valid for any task; label-mapping shifts
+    # (LABEL_MAPPING_SHIFTS) also need task_kind: polarity.
+    shifts: list[str] = ["typos", "leet", "rot13"]
+    # polarity: labels are ordered opposites (negative..positive), so negating a text mirrors its
+    # label; categorical: anything else (topics, intents), where no shift may change labels
+    task_kind: Literal["polarity", "categorical"] = "categorical"
     max_bad_line_share: float = Field(0.01, ge=0.0, le=1.0)  # corrupt jsonl lines tolerated
     gate: GateIngest = GateIngest()
+
+    @model_validator(mode="after")
+    def _shifts_fit_the_task(self) -> DataParams:
+        if self.source == "world":
+            return self  # the world is a polarity task and defines its own shifts
+        for name in self.shifts:
+            if name in LABEL_MAPPING_SHIFTS and self.task_kind != "polarity":
+                raise ValueError(f"shift '{name}' changes labels and is defined only for data.task_kind: polarity"
+                                 f" (this task is {self.task_kind}); remove it from data.shifts")
+        return self
 
 
 # --- tokenize -----------------------------------------------------------------------------------
@@ -315,7 +319,9 @@ class LoraParams(Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["c_attn", "c_proj"]
+    # which GPT-2 modules get adapters: attention = attn.c_attn + attn.c_proj; attention_mlp adds
+    # mlp.c_fc + mlp.c_proj. (A bare "c_proj" would match both the attention and the MLP projection.)
+    targets: Literal["attention", "attention_mlp"] = "attention"
 
 
 class GateFinetune(Section):
@@ -333,7 +339,10 @@ class FinetuneParams(Section):
     lr: float = Field(5e-4, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_length: int = Field(64, ge=8)
+    # tokens per example; auto = max_length_percentile of the tokenized train lengths, capped at the
+    # model's positions, so a real task is not silently truncated and a short one wastes no compute
+    max_length: int | Literal["auto"] = "auto"
+    max_length_percentile: float = Field(99.0, ge=50, le=100)
     early_stopping_patience: int = Field(1, ge=0)  # 0 = off
     replay_weight: float = Field(0.0, ge=0)  # lambda: + lambda * LM loss on pretraining blocks
     replay_batch_size: int = Field(8, ge=1)
@@ -341,6 +350,13 @@ class FinetuneParams(Section):
     augment_share: float = Field(0.2, ge=0, le=1)
     threads: int = Field(1, ge=0)
     gate: GateFinetune = GateFinetune()
+
+    @field_validator("max_length")
+    @classmethod
+    def _long_enough(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 8:
+            raise ValueError(f"must be 'auto' or at least 8 tokens (got {value})")
+        return value
 
 
 # --- evaluate / generate / report ---------------------------------------------------------------
@@ -362,6 +378,13 @@ class EvaluateParams(Section):
     # plain text = "the model can read it" (encodings never seen in pretraining sit at 3x or more)
     capability_ratio: float = Field(1.5, gt=1.0)
     gap_threshold: float = Field(0.05, ge=0, le=1)  # accuracy gap that counts as "did not transfer"
+    # Capability probe: a logistic regression on the frozen base model's mean-pooled hidden states,
+    # fit on probe_k labelled rows of each shifted split and scored on the others. It asks whether
+    # the base model's representations carry the task signal for that text, which an LM-loss
+    # ratio (the text looks familiar) cannot tell.
+    probe_k: int = Field(64, ge=4)
+    probe_layer: int = -1  # hidden layer that feeds the probe; -1 = the last
+    probe_margin: float = Field(0.1, ge=0, le=1)  # probe CI lower bound above chance + this = "can read it"
     gate: GateEvaluate = GateEvaluate()
 
 
@@ -392,7 +415,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _sequences_fit_the_model(self):
         # GPT-2 has learned positions: the classifier cannot read past the pretrained block size
-        if self.finetune.max_length > self.pretrain.model.block_size:
+        max_length = self.finetune.max_length
+        if max_length != "auto" and max_length > self.pretrain.model.block_size:
             raise ValueError(f"finetune.max_length ({self.finetune.max_length}) exceeds"
                              f" pretrain.model.block_size ({self.pretrain.model.block_size})")
         return self
@@ -402,34 +426,36 @@ class ParamsError(ValueError):
     """A params file that does not match the schema; the message names the key."""
 
 
-def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
-    if first["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    got = first.get("input")
-    got = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    where = f"'{key}': " if first["loc"] else ""  # cross-section rules name their keys themselves
-    return f"{where}{first['msg']}{got}{more}"
-
-
 def parse_params(raw: dict) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ParamsError(_describe(err)) from None
+        raise ParamsError(describe(err, Params)) from None
 
 
 def read_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate a params file. Unlike `parse_params` (used for partial test configs), a
+    file must name every section: dvc.yaml tracks each one, and DVC refuses a stage whose section
+    is missing only when it reaches that stage, after the stages before it have run."""
     if not path.exists():
         raise ParamsError(f"params file not found: {path}")
+    if path.is_dir():
+        raise ParamsError(f"{path} is a directory, not a params file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}".splitlines()[0]) from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+        raise ParamsError(describe_yaml_error(err)) from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"not UTF-8 text (byte {err.start})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"must be a mapping of sections, got {type(raw).__name__}")
+    missing = [name for name in Params.model_fields if name not in raw]
+    empty = [name for name, value in raw.items() if value is None and name in Params.model_fields]
+    if missing or empty:
+        name = (missing or empty)[0]
+        what = "missing section" if missing else "empty section"
+        return_hint = "python -m stages.check_params --defaults prints every section with its defaults"
+        raise ParamsError(f"{what} '{name}' (every section must be present; {return_hint})")
     return parse_params(raw)
 
 

@@ -1,8 +1,14 @@
 """Shift transforms: string encodings (leet, rot13, reverse, typos) and CheckList-style negation.
 
-`stages/world.py` renders encoded pretraining documents with `encode`, and every shifted test split
+`lmpipe.world` renders encoded pretraining documents with `encode`, and every shifted test split
 is made with `apply_shift`, so what pretraining showed the model and what evaluation asks of it are
 the same transform by construction.
+
+Each shift declares what it does to the label (SHIFT_LABEL_EFFECT). One that `preserves` it only
+rewrites the text, so the shifted split is a valid test of any task. One that `maps` it changes the
+label by a rule that holds only for some tasks: negation mirrors a label on an ordered
+negative..positive scale, which is meaningless for topics or intents, so `apply_shift` refuses it
+unless the task declares itself a polarity task.
 
 The encodings are hand-written because each is a few lines and no maintained library provides this
 exact set (nlpaug/textattack add heavy dependencies for typos alone). `reverse` is the third
@@ -18,8 +24,11 @@ import re
 import string
 from collections.abc import Callable
 from functools import partial
+from typing import Literal
 
 import pandas as pd
+
+from lmpipe.io import StageError
 
 # Letters that have a digit look-alike. They cover about half of the letters in English text, so
 # leet is a strong surface shift while staying readable to people (and deterministic, so the
@@ -141,15 +150,40 @@ SHIFTS: dict[str, Callable[[pd.DataFrame, random.Random, int], pd.DataFrame]] = 
     "negation": _negation,
 }
 
+LabelEffect = Literal["preserves", "maps"]
+# Every shift name the pipeline knows. `lexical` and `domain` are new texts the world generates
+# (lmpipe.world.task), not transforms of a test split, so they have no entry in SHIFTS.
+SHIFT_LABEL_EFFECT: dict[str, LabelEffect] = {
+    **dict.fromkeys(ENCODINGS, "preserves"),
+    "lexical": "preserves",
+    "domain": "preserves",
+    "negation": "maps",
+}
+# polarity: labels are ordered opposites (negative..positive, optionally a middle class);
+# categorical: any other label set, where only label-preserving shifts are defined.
+TASK_KINDS = ("polarity", "categorical")
 
-def apply_shift(name: str, df: pd.DataFrame, seed: int, *, classes: int | None = None) -> pd.DataFrame:
+
+def _check_task_kind(name: str, task_kind: str) -> None:
+    if task_kind not in TASK_KINDS:
+        raise ValueError(f"unknown task kind {task_kind!r}; valid task kinds: {', '.join(TASK_KINDS)}")
+    if SHIFT_LABEL_EFFECT[name] == "maps" and task_kind != "polarity":
+        raise StageError(f"shift {name!r} maps labels and is defined only for a polarity task"
+                         f" (data.task_kind: polarity); this task is {task_kind}")
+
+
+def apply_shift(name: str, df: pd.DataFrame, seed: int, *, classes: int | None = None,
+                task_kind: str = "categorical") -> pd.DataFrame:
     """A shifted copy of `df` (columns text, label) with a fresh 0..n-1 index.
 
     `classes` is the size of the label set, used by negation to mirror labels; by default it is
-    inferred as max(label) + 1, which is right whenever the top class occurs in `df`.
+    inferred as max(label) + 1, which is right whenever the top class occurs in `df`. `task_kind`
+    (TASK_KINDS) defaults to categorical, so a label-mapping shift runs only where the caller
+    states that the task is a polarity task.
     """
     if name not in SHIFTS:
         raise ValueError(f"unknown shift {name!r}; valid shifts: {', '.join(sorted(SHIFTS))}")
+    _check_task_kind(name, task_kind)
     missing = {"text", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"shift {name!r} needs columns text and label; missing: {', '.join(sorted(missing))}")

@@ -1,5 +1,5 @@
-"""Stage 2 — clean: repair, filter, deduplicate and scrub the raw corpus (stages/cleaning.py),
-then split it into train/validation by document hash.
+"""Stage 2 — clean: repair, filter, deduplicate and scrub the raw corpus (lmpipe/cleaning), then
+split it into train/validation by document hash.
 
 Writes data/clean/{train,validation}.parquet, metrics/clean.json (documents and characters in and
 out, drops per filter in order, PII replacements and, for the world source, precision/recall of
@@ -16,25 +16,39 @@ import great_expectations.expectations as gxe
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lmpipe.cleaning import FILTER_ORDER, clean_parquet
+from lmpipe import paths
+from lmpipe.cleaning.filters import FILTER_ORDER
+from lmpipe.cleaning.streaming import CleanReport, clean_parquet
 from lmpipe.gates import Gate
 from lmpipe.io import run_stage, write_json, write_parquet
-from lmpipe.params import load_params
+from lmpipe.params import CleanParams, load_params
 from lmpipe.text import spacing_key
 
-RAW = Path("data/raw/corpus.parquet")
-OUT = Path("data/clean")
-DROPPED = Path("reports/dropped")
+SPLITS = ("train", "validation")
 # What must never survive scrubbing (kept simple and independent of the scrubber's own regexes).
 EMAIL = r"[\w.+-]+@[\w-]+\.[\w.]+"
 PHONE = r"\(?\b\d{3}\)?[-. ]\d{3}[-. ]\d{4}\b"
 
 
-def kept_checks(paths: list[Path], batch_rows: int) -> pd.DataFrame:
+def write_outputs(report: CleanReport) -> dict:
+    """reports/dropped/<filter>.parquet and metrics/clean.json; returns the metrics."""
+    for name, df in report.dropped.items():
+        write_parquet(paths.DROPPED / f"{name}.parquet", df)
+    metrics = dict(report.stats)
+    if report.ground_truth is not None:
+        metrics["ground_truth"] = report.ground_truth
+    write_json(paths.metrics_file("clean"), metrics)
+    drops = metrics["drops"]
+    print(f"[clean] {metrics['docs_in']} -> {metrics['docs_out']} docs; drops "
+          + ", ".join(f"{k}={drops[k]}" for k in FILTER_ORDER if k in drops), flush=True)
+    return metrics
+
+
+def kept_checks(files: list[Path], batch_rows: int) -> pd.DataFrame:
     """One row per kept document with what the gate checks (length, PII left, a key of the
     normalized text), built batch by batch: a few bytes per document instead of its text."""
     parts = []
-    for path in paths:
+    for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["text"]):
             text = batch.column(0).to_pandas()
             parts.append(pd.DataFrame({
@@ -47,33 +61,29 @@ def kept_checks(paths: list[Path], batch_rows: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else empty
 
 
+def gate(metrics: dict, p: CleanParams) -> None:
+    """Kept documents non-empty, within max_chars, unique and free of PII; no filter dropping more
+    than max_drop_share; a non-empty validation split."""
+    checked = kept_checks([paths.CLEAN / f"{s}.parquet" for s in SPLITS], p.batch_rows)
+    drops = metrics["drops"]
+    rates = {f"drop_{k}": drops[k] / max(1, metrics["docs_in"]) for k in FILTER_ORDER if k in drops}
+    g = Gate("clean").table("kept", checked).scalars("drop_rates", rates | {
+        "validation_docs": metrics["validation_docs"]})
+    g.expect("kept", gxe.ExpectColumnValuesToNotBeNull(column="chars"))
+    g.expect("kept", gxe.ExpectColumnValuesToBeBetween(column="chars", min_value=1, max_value=p.max_chars))
+    g.expect("kept", gxe.ExpectColumnValuesToBeUnique(column="text_key"))
+    g.expect("kept", gxe.ExpectColumnValuesToBeInSet(column="pii_left", value_set=[False]))
+    for key in rates:
+        g.expect("drop_rates", gxe.ExpectColumnValuesToBeBetween(column=key, max_value=p.max_drop_share))
+    g.expect("drop_rates", gxe.ExpectColumnValuesToBeBetween(column="validation_docs", min_value=1))
+    g.finish()
+
+
 def main() -> None:
     params = load_params()
-    p = params.clean
-    report = clean_parquet(RAW, OUT, p, params.seed)
-    for name, df in report.dropped.items():
-        write_parquet(DROPPED / f"{name}.parquet", df)
-
-    metrics = dict(report.stats)
-    if report.ground_truth is not None:
-        metrics["ground_truth"] = report.ground_truth
-    write_json("metrics/clean.json", metrics)
-    drops = metrics["drops"]
-    print(f"[clean] {metrics['docs_in']} -> {metrics['docs_out']} docs; drops "
-          + ", ".join(f"{k}={drops[k]}" for k in FILTER_ORDER if k in drops), flush=True)
-
-    checked = kept_checks([OUT / "train.parquet", OUT / "validation.parquet"], p.batch_rows)
-    rates = {f"drop_{k}": drops[k] / max(1, metrics["docs_in"]) for k in FILTER_ORDER if k in drops}
-    gate = Gate("clean").table("kept", checked).scalars("drop_rates", rates | {
-        "validation_docs": metrics["validation_docs"]})
-    gate.expect("kept", gxe.ExpectColumnValuesToNotBeNull(column="chars"))
-    gate.expect("kept", gxe.ExpectColumnValuesToBeBetween(column="chars", min_value=1, max_value=p.max_chars))
-    gate.expect("kept", gxe.ExpectColumnValuesToBeUnique(column="text_key"))
-    gate.expect("kept", gxe.ExpectColumnValuesToBeInSet(column="pii_left", value_set=[False]))
-    for key in rates:
-        gate.expect("drop_rates", gxe.ExpectColumnValuesToBeBetween(column=key, max_value=p.max_drop_share))
-    gate.expect("drop_rates", gxe.ExpectColumnValuesToBeBetween(column="validation_docs", min_value=1))
-    gate.finish()
+    report = clean_parquet(paths.RAW_CORPUS, paths.CLEAN, params.clean, params.seed)
+    metrics = write_outputs(report)
+    gate(metrics, params.clean)
 
 
 if __name__ == "__main__":

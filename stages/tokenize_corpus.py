@@ -1,141 +1,59 @@
 """Stage 3 — tokenize: train a byte-level BPE on the clean train split and encode the corpus.
 
-Byte-level BPE (GPT-2's scheme, via the `tokenizers` library) can encode any string, so no text
-is ever mapped to <unk>, and decode(encode(x)) == x exactly — the gate checks that on a sample.
-The tokenizer is saved as a `PreTrainedTokenizerFast` so `AutoTokenizer.from_pretrained(
-"models/tokenizer")` and `transformers.pipeline` load it. Documents are joined with the eos token
-into flat `.bin` shards (uint16 below 65,536 ids, else uint32) that pretraining memory-maps.
+The tokenizer is trained on the train split only (validation stays unseen, like the model's), or
+`tokenize.pretrained` names one to use instead; it is saved to models/tokenizer and the shards
+are encoded with the tokenizer as saved, which is what every later stage loads. Outputs:
+models/tokenizer, data/tokens/{train,validation}.bin and meta.json, metrics/tokenize.json; then
+the tokenize gate (lossless round trip, special tokens, ids in range, shards long enough).
 
 (Named tokenize_corpus, not tokenize, so it never shadows the standard library's `tokenize`.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 
+from lmpipe import paths
 from lmpipe.gates import Gate
 from lmpipe.io import StageError, atomic_path, read_parquet, run_stage, write_json
-from lmpipe.params import TokenizeParams, load_params
-from lmpipe.runtime import Progress
+from lmpipe.params import Params, load_params
+from lmpipe.tokenizer import encode_docs, load_tokenizer, shard_dtype, train_tokenizer
 
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
-TOKENIZER_DIR = Path("models/tokenizer")
-TOKENS_DIR = Path("data/tokens")
+SPLITS = ("train", "validation")
 
 
-def train_tokenizer(texts: list[str], p: TokenizeParams):
-    """Train byte-level BPE on `texts`; return a PreTrainedTokenizerFast with eos/bos and pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=p.vocab_size,
-        min_frequency=p.min_frequency,
-        special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
-        show_progress=False,
-    )
-    with rust_parallelism():
-        tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, model_max_length=1 << 30
-    )
+def read_splits() -> dict[str, list[str]]:
+    texts = {s: read_parquet(paths.CLEAN / f"{s}.parquet", ["text"])["text"].tolist() for s in SPLITS}
+    for split, docs in texts.items():
+        if not docs:
+            raise StageError(f"{paths.CLEAN / f'{split}.parquet'} has no documents: the clean stage kept none"
+                             f" for it (see {paths.metrics_file('clean')})")
+    return texts
 
 
-def load_tokenizer(name_or_path: str):
-    """A pretrained tokenizer instead of training one (a local path, or a hub name with a network)."""
+def saved_tokenizer(train: list[str], params: Params, pretrained=None):
+    """Save `pretrained`, or train one on `train`; return it as reloaded from disk."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-    if tok.eos_token is None:
-        tok.add_special_tokens({"eos_token": EOS})
-    if tok.pad_token is None:
-        tok.add_special_tokens({"pad_token": PAD})
-    return tok
-
-
-def shard_dtype(vocab_size: int):
-    """uint16 while every id (< vocab_size) fits below 65,536, else uint32: half the disk and
-    page-cache footprint for every vocabulary up to GPT-2's."""
-    return np.uint16 if vocab_size <= 65536 else np.uint32
-
-
-@contextlib.contextmanager
-def rust_parallelism():
-    """Let the Rust tokenizer use every core for training and batch encoding in this process.
-
-    The Makefile and the test suite export TOKENIZERS_PARALLELISM=false so that processes which
-    fork after tokenizing (DataLoader workers, Prefect, pytest) neither warn nor deadlock; this
-    stage forks nothing while it tokenizes, so it turns parallelism on for that span only (the
-    library reads the variable on every call) and restores the caller's setting afterwards."""
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-
-
-def encode_docs(tokenizer, texts: list[str], batch_size: int, label: str) -> np.ndarray:
-    """Encode documents in batches (the Rust tokenizer parallelizes each batch over cores), each
-    followed by eos so the model sees document boundaries.
-
-    `encode_batch_fast` skips the character offsets that `encode_batch` computes and we never
-    use; `bench/tokenize.py` holds this function to >= 0.9x raw `encode_batch` on the same text."""
-    eos = tokenizer.eos_token_id
-    dtype = shard_dtype(len(tokenizer))
-    backend = tokenizer.backend_tokenizer
-    chunks, progress = [], Progress(f"tokenize {label}", len(texts))
-    with rust_parallelism():
-        for start in range(0, len(texts), batch_size):
-            ids: list[int] = []
-            for enc in backend.encode_batch_fast(texts[start:start + batch_size], add_special_tokens=False):
-                ids += enc.ids
-                ids.append(eos)
-            chunks.append(np.array(ids, dtype=dtype))
-            progress.update(min(start + batch_size, len(texts)))
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
-
-
-def main() -> None:
-    from transformers import AutoTokenizer
-
-    params = load_params()
     p = params.tokenize
-    train = read_parquet("data/clean/train.parquet", ["text"])["text"].tolist()
-    validation = read_parquet("data/clean/validation.parquet", ["text"])["text"].tolist()
-    if not train or not validation:
-        raise StageError(f"empty clean split (train {len(train)}, validation {len(validation)} docs)")
-
-    if p.pretrained:
-        tokenizer = load_tokenizer(p.pretrained)
-    else:  # trained on the train split only: validation stays unseen, like the model's
+    tokenizer = pretrained
+    if tokenizer is None:
         print(f"[tokenize] training byte-level BPE (vocab {p.vocab_size}) on {len(train)} docs", flush=True)
         tokenizer = train_tokenizer(train, p)
-    with atomic_path(TOKENIZER_DIR) as tmp:
+    with atomic_path(paths.TOKENIZER) as tmp:
         tokenizer.save_pretrained(tmp)
-    # Encode and gate with the tokenizer as saved: what every later stage will load.
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    return AutoTokenizer.from_pretrained(paths.TOKENIZER)
 
-    shards = {"train": encode_docs(tokenizer, train, p.batch_size, "train"),
-              "validation": encode_docs(tokenizer, validation, p.batch_size, "validation")}
+
+def write_shards(tokenizer, texts: dict[str, list[str]], shards: dict[str, np.ndarray]) -> dict:
+    """The shards, data/tokens/meta.json (what pretraining reads) and metrics/tokenize.json."""
     for split, ids in shards.items():
-        with atomic_path(TOKENS_DIR / f"{split}.bin") as tmp:
+        with atomic_path(paths.TOKENS / f"{split}.bin") as tmp:
             ids.tofile(tmp)
-    docs = {"train": len(train), "validation": len(validation)}
-    chars = {"train": sum(map(len, train)), "validation": sum(map(len, validation))}
+    docs = {s: len(t) for s, t in texts.items()}
+    chars = {s: sum(map(len, t)) for s, t in texts.items()}
     # eos separators are not text: chars per token counts content tokens only
     chars_per_token = chars["train"] / max(1, len(shards["train"]) - docs["train"])
     meta = {
@@ -148,18 +66,17 @@ def main() -> None:
         "chars": chars,
         "chars_per_token": chars_per_token,
     }
-    write_json(TOKENS_DIR / "meta.json", meta)
-    write_json("metrics/tokenize.json", {
+    write_json(paths.TOKENS / "meta.json", meta)
+    write_json(paths.metrics_file("tokenize"), {
         "vocab_size": len(tokenizer),
         "tokens": meta["tokens"],
         "chars_per_token": chars_per_token,
     })
-    print(f"[tokenize] {meta['tokens']} tokens, {chars_per_token:.2f} chars/token", flush=True)
-    gate(tokenizer, shards, validation, chars_per_token, params)
+    return meta
 
 
 def gate(tokenizer, shards: dict[str, np.ndarray], validation: list[str], chars_per_token: float,
-         params) -> None:
+         params: Params) -> None:
     """The tokenizer must be lossless and the shards usable by pretraining."""
     import great_expectations.expectations as gxe
     import pandas as pd
@@ -188,10 +105,22 @@ def gate(tokenizer, shards: dict[str, np.ndarray], validation: list[str], chars_
     g.expect("shards", gxe.ExpectColumnValuesToBeInSet(column="has_pad", value_set=[True]))
     g.expect("shards", gxe.ExpectColumnValuesToBeBetween(
         column="chars_per_token", min_value=p.gate.min_chars_per_token, max_value=p.gate.max_chars_per_token))
-    for split in ("train", "validation"):
+    for split in SPLITS:
         g.expect("shards", gxe.ExpectColumnValuesToBeBetween(
             column=f"{split}_tokens", min_value=block + 2))
     g.finish()
+
+
+def main() -> None:
+    params = load_params()
+    # a pretrained tokenizer that cannot be loaded fails before any input is read
+    pretrained = load_tokenizer(params.tokenize.pretrained) if params.tokenize.pretrained else None
+    texts = read_splits()
+    tokenizer = saved_tokenizer(texts["train"], params, pretrained)
+    shards = {s: encode_docs(tokenizer, t, params.tokenize.batch_size, s) for s, t in texts.items()}
+    meta = write_shards(tokenizer, texts, shards)
+    print(f"[tokenize] {meta['tokens']} tokens, {meta['chars_per_token']:.2f} chars/token", flush=True)
+    gate(tokenizer, shards, texts["validation"], meta["chars_per_token"], params)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,46 @@ def test_metrics_are_sane(micro_repo):
     assert "Competing objectives" in html and "Mismatched generalization" in html
 
 
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
 def test_second_repro_is_a_noop(micro_repo):
     out = run([DVC, "repro"], micro_repo).stdout
-    assert "Running stage" not in out
+    # only the params check runs (always_changed); its output is unchanged, so nothing else does
+    assert ran_stages(out) == ["check_params"]
     assert "didn't change, skipping" in out or "up to date" in out.lower()
-    assert "up to date" in run([DVC, "status"], micro_repo).stdout.lower()
+    status = run([DVC, "status"], micro_repo).stdout
+    assert "ingest" not in status and "pretrain" not in status
+
+
+def test_a_misspelled_section_stops_the_repro_before_any_stage(micro_repo):
+    params = micro_repo / "params.yaml"
+    good = params.read_text()
+    try:
+        params.write_text(good + "pretrian:\n  max_steps: 5\n")
+        proc = run([DVC, "repro"], micro_repo, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert "error: params.yaml: unknown key 'pretrian' (did you mean 'pretrain'?)" in output
+        assert ran_stages(output) == ["check_params"]
+    finally:
+        params.write_text(good)
+        run([DVC, "repro"], micro_repo)  # puts the check's output back; nothing else reruns
+    assert ran_stages(run([DVC, "repro"], micro_repo).stdout) == ["check_params"]
+
+
+def test_an_edited_input_file_makes_ingest_stale(micro_repo):
+    """data/input is a dependency of ingest: adding, editing or removing a file there is a change
+    that `dvc status` reports (even for the world source, which reads nothing from it)."""
+    extra = micro_repo / "data/input/extra.jsonl"
+    try:
+        extra.write_text('{"text": "a new document"}\n')
+        status = run([DVC, "status", "ingest"], micro_repo).stdout
+        assert "ingest" in status and "data/input" in status
+    finally:
+        extra.unlink(missing_ok=True)
+    assert "ingest" not in run([DVC, "status", "ingest"], micro_repo).stdout
 
 
 def test_experiment_with_param_override(micro_repo):
@@ -91,5 +127,7 @@ def test_corrupt_input_gives_clear_error_and_writes_nothing(tmp_path):
     (repo / "data/raw/corpus.parquet").write_bytes(b"PAR1 truncated garbage")
     proc = run([DVC, "repro", "--single-item", "clean"], repo, check=False)
     assert proc.returncode != 0
-    assert "error: cannot read data/raw/corpus.parquet" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "error: cannot read data/raw/corpus.parquet" in output
+    assert "exited with 2" in output  # a bad input, final: not worth a retry
     assert not (repo / "data/clean").exists()

@@ -42,8 +42,9 @@ def project_modules() -> dict[str, Path]:
     return mods
 
 
-def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """In-project modules imported anywhere in the file (top level or inside functions)."""
+def imports_of(path: Path, modules: dict[str, Path], importer: str = "") -> set[str]:
+    """In-project modules imported anywhere in the file (top level or inside functions), which is
+    the module `importer`."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names = []
@@ -55,14 +56,19 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
         for name in names:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
-                if ".".join(parts[:i]) in modules:
-                    found.add(".".join(parts[:i]))
+                prefix = ".".join(parts[:i])
+                # ...except a package that holds the importer (or is it): Python has started that
+                # package's __init__ before the importer runs, so reaching through it to a sibling
+                # adds no edge. Importing names from the package itself still does.
+                holds_importer = importer == prefix or importer.startswith(prefix + ".")
+                if prefix in modules and not (holds_importer and i < len(parts)):
+                    found.add(prefix)
     return found
 
 
 def import_graph() -> dict[str, set[str]]:
     modules = project_modules()
-    return {name: imports_of(path, modules) for name, path in modules.items()}
+    return {name: imports_of(path, modules, name) for name, path in modules.items()}
 
 
 def closure(graph: dict[str, set[str]], start: str) -> set[str]:
@@ -130,6 +136,21 @@ def test_every_in_project_import_of_a_stage_is_in_its_deps(stage):
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_a_package_reaching_its_own_submodules_is_no_cycle_but_importing_its_names_back_is(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from pkg.a import f\n")
+    (pkg / "a.py").write_text("from pkg.b import g\n")
+    (pkg / "b.py").write_text("g = 1\n")
+    modules = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py"}
+    graph = {name: imports_of(path, modules, name) for name, path in modules.items()}
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": set()}
+    assert find_cycle(graph) is None
+    (pkg / "b.py").write_text("from pkg import f\n")  # reads a name the package __init__ defines
+    graph = {name: imports_of(path, modules, name) for name, path in modules.items()}
+    assert find_cycle(graph) == ["pkg", "pkg.a", "pkg.b", "pkg"]
 
 
 def test_cycle_finder_finds_cycles():

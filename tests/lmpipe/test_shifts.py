@@ -4,7 +4,9 @@ import re
 import pandas as pd
 import pytest
 
-from lmpipe.shifts import ENCODINGS, SHIFTS, apply_shift, encode, negate
+from lmpipe import params
+from lmpipe.io import StageError
+from lmpipe.shifts import ENCODINGS, SHIFT_LABEL_EFFECT, SHIFTS, TASK_KINDS, apply_shift, encode, negate
 
 SENTENCES = [
     "The soup was really good and the waiter was friendly.",
@@ -66,7 +68,7 @@ def test_negate_every_copula_and_undo_existing_negation():
 
 def test_negation_flips_binary_labels_and_drops_rows_it_cannot_negate():
     df = frame(["The soup was good.", "I loved it.", "The fries were awful."], [1, 1, 0])
-    out = apply_shift("negation", df, seed=0)
+    out = apply_shift("negation", df, seed=0, task_kind="polarity")
     assert out["text"].tolist() == ["The soup was not good.", "The fries were not awful."]
     assert out["label"].tolist() == [0, 1]
     assert out["label"].dtype == "int64"
@@ -74,10 +76,10 @@ def test_negation_flips_binary_labels_and_drops_rows_it_cannot_negate():
 
 def test_negation_mirrors_three_class_labels_and_keeps_neutral():
     df = frame(["The soup was good.", "The soup was good but the tea was bad.", "The fries were awful."], [2, 1, 0])
-    out = apply_shift("negation", df, seed=0)
+    out = apply_shift("negation", df, seed=0, task_kind="polarity")
     assert out["label"].tolist() == [0, 1, 2]
     # Told the label set explicitly, a binary subset of a 3-class task mirrors on the 3-class scale.
-    assert apply_shift("negation", df.iloc[[2]], seed=0, classes=3)["label"].tolist() == [2]
+    assert apply_shift("negation", df.iloc[[2]], seed=0, classes=3, task_kind="polarity")["label"].tolist() == [2]
 
 
 def test_encoding_shifts_keep_labels_and_rows_and_do_not_mutate_input():
@@ -111,4 +113,43 @@ def test_apply_shift_rejects_bad_frames():
     with pytest.raises(ValueError, match="must not be missing"):
         apply_shift("rot13", frame(["fine", None], [0, 1]), seed=0)
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1; found \[2\]"):
-        apply_shift("negation", frame(["The soup was good."], [2]), seed=0, classes=2)
+        apply_shift("negation", frame(["The soup was good."], [2]), seed=0, classes=2, task_kind="polarity")
+
+
+def test_every_shift_declares_its_label_effect():
+    assert set(SHIFT_LABEL_EFFECT) == set(SHIFTS) | {"lexical", "domain"}
+    assert set(SHIFT_LABEL_EFFECT.values()) == {"preserves", "maps"}
+    assert {n for n, e in SHIFT_LABEL_EFFECT.items() if e == "preserves"} == {*ENCODINGS, "lexical", "domain"}
+    # the schema refuses the same shifts on a non-polarity task before any stage runs
+    assert set(params.LABEL_MAPPING_SHIFTS) == {n for n, e in SHIFT_LABEL_EFFECT.items() if e == "maps"}
+    assert set(TASK_KINDS) == {"polarity", "categorical"}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"task_kind": "categorical"}])
+def test_a_label_mapping_shift_on_a_non_polarity_task_is_refused_in_one_line(kwargs):
+    df = frame(["The soup was good.", "The fries were awful."], [1, 0])
+    with pytest.raises(StageError) as err:
+        apply_shift("negation", df, seed=0, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "'negation'" in message and "categorical" in message and "polarity" in message
+
+
+def test_an_unknown_task_kind_is_rejected_even_for_a_label_preserving_shift():
+    with pytest.raises(ValueError, match=r"unknown task kind 'sentiment'.*polarity, categorical"):
+        apply_shift("leet", frame(["good"], [0]), seed=0, task_kind="sentiment")
+
+
+@pytest.mark.parametrize("task_kind", TASK_KINDS)
+@pytest.mark.parametrize("classes", [2, 3])
+def test_every_label_preserving_shift_keeps_every_label(task_kind, classes):
+    texts = SENTENCES * 6
+    labels = [i % classes for i in range(len(texts))]
+    df = frame(texts, labels)
+    preserving = [n for n in SHIFTS if SHIFT_LABEL_EFFECT[n] == "preserves"]
+    assert preserving
+    for name in preserving:
+        out = apply_shift(name, df, seed=5, classes=classes, task_kind=task_kind)
+        assert out["label"].tolist() == labels, name
+        assert len(out) == len(df) and (out["text"] != df["text"]).any(), name
+

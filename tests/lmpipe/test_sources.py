@@ -1,21 +1,17 @@
-"""Ingest from local files and through `datasets.load_dataset` (local builders, no network)."""
+"""lmpipe.sources: local files and `datasets.load_dataset` (local builders, no network) -> raw data."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from lmpipe.io import StageError
 from lmpipe.params import parse_params
-from stages.ingest import build, leakage
+from lmpipe.sources.raw import build_raw, leakage
 
-ROOT = Path(__file__).resolve().parents[1]
 POS = ["a lovely calm place and the food was good", "the staff is great and kind", "we had a superb dinner here"]
 NEG = ["the soup is awful and cold", "a terrible slow service", "the bread was bad and stale"]
 
@@ -46,23 +42,23 @@ def test_files_source_reads_every_format(tmp_path):
     pd.DataFrame({"text": ["parquet doc"]}).to_parquet(tmp_path / "c.parquet")
     (tmp_path / "d.csv").write_text("text\ncsv doc\n")
     (tmp_path / "e.txt").write_bytes(b"caf\xe9 latin-1 bytes\n")  # not UTF-8
-    out, stats = build(files_params(tmp_path, [str(tmp_path / "*.txt"), str(tmp_path / "b.jsonl"),
-                                                str(tmp_path / "c.parquet"), str(tmp_path / "d.csv")]))
-    corpus = out["corpus"]
+    raw = build_raw(files_params(tmp_path, [str(tmp_path / "*.txt"), str(tmp_path / "b.jsonl"),
+                                            str(tmp_path / "c.parquet"), str(tmp_path / "d.csv")]))
+    corpus, stats = raw.corpus, raw.read
     assert len(corpus) == 2 + 1 + 200 + 1 + 1
     assert set(corpus.columns) >= {"id", "text", "source", "domain", "noise"}
     assert stats.bad_lines == 1 and stats.replaced_bytes_docs == 1
     assert "caf\ufffd latin-1 bytes" in corpus["text"].tolist()
-    assert set(out["task"]["train"]["label"]) == {0, 1}
-    assert set(out["shifts"]) == {"typos", "rot13"}
-    assert len(out["shifts"]["rot13"]) == len(out["task"]["test"])
-    assert leakage(out["task"], out["shifts"]) == 0
+    assert set(raw.task["train"]["label"]) == {0, 1}
+    assert set(raw.shifts) == {"typos", "rot13"}
+    assert len(raw.shifts["rot13"]) == len(raw.task["test"])
+    assert leakage(raw.task, raw.shifts) == 0
 
 
 def test_too_many_corrupt_lines_fail(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n{broken\n{broken too\n')
     with pytest.raises(StageError, match=r"2/3 jsonl lines are corrupt"):
-        build(files_params(tmp_path, [str(tmp_path / "b.jsonl")]))
+        build_raw(files_params(tmp_path, [str(tmp_path / "b.jsonl")]))
 
 
 @pytest.mark.parametrize(("setup", "message"), [
@@ -72,7 +68,7 @@ def test_too_many_corrupt_lines_fail(tmp_path):
 ])
 def test_clear_errors_for_bad_corpus(tmp_path, setup, message):
     with pytest.raises(StageError, match=message):
-        build(files_params(tmp_path, setup(tmp_path)))
+        build_raw(files_params(tmp_path, setup(tmp_path)))
 
 
 def test_labels_outside_the_label_set(tmp_path):
@@ -80,7 +76,7 @@ def test_labels_outside_the_label_set(tmp_path):
     params = files_params(tmp_path, [str(tmp_path / "c.txt")])
     pd.DataFrame([{"text": "x", "label": "meh"}, {"text": "y", "label": "pos"}]).to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(StageError, match=r"1 label\(s\) outside the label set \['negative', 'positive'\].*meh"):
-        build(params)
+        build_raw(params)
 
 
 def test_train_rows_leaking_into_test_are_removed(tmp_path):
@@ -89,9 +85,9 @@ def test_train_rows_leaking_into_test_are_removed(tmp_path):
     test = pd.read_csv(tmp_path / "test.csv")
     train = pd.read_csv(tmp_path / "train.csv")
     pd.concat([train, test.head(3).assign(text=lambda d: d["text"].str.upper())]).to_csv(tmp_path / "train.csv", index=False)
-    out, _ = build(params)
-    assert out["train_leaks_removed"] == 3
-    assert leakage(out["task"], out["shifts"]) == 0
+    raw = build_raw(params)
+    assert raw.train_leaks_removed == 3
+    assert leakage(raw.task, raw.shifts) == 0
 
 
 def test_hf_source_with_local_json_builder(tmp_path):
@@ -105,9 +101,9 @@ def test_hf_source_with_local_json_builder(tmp_path):
         specs[f"task_{split}"] = {"name": "json", "data_files": [str(path)], "text_column": "sentence", "label_column": "y"}
     params = parse_params({"data": {"source": "hf", "shifts": ["leet"], "hf": {
         "corpus": {"name": "json", "data_files": [str(corpus)], "text_column": "content"}, "max_docs": 25, **specs}}})
-    out, _ = build(params)
-    assert len(out["corpus"]) == 25
-    assert len(out["task"]["test"]) == 16 and list(out["shifts"]) == ["leet"]
+    raw = build_raw(params)
+    assert len(raw.corpus) == 25
+    assert len(raw.task["test"]) == 16 and list(raw.shifts) == ["leet"]
 
 
 def test_hf_unknown_dataset_offline_is_a_clear_error(tmp_path):
@@ -115,21 +111,5 @@ def test_hf_unknown_dataset_offline_is_a_clear_error(tmp_path):
     params = parse_params({"data": {"source": "hf", "hf": {
         "corpus": spec, "task_train": spec, "task_validation": spec, "task_test": spec}}})
     with pytest.raises(StageError, match="load_dataset\\('no-such-org/no-such-dataset'"):
-        build(params)
+        build_raw(params)
 
-
-def test_world_ingest_stage_writes_contract(tmp_path):
-    """The stage end to end on a tiny world: outputs, metrics and a passing gate."""
-    micro = yaml.safe_load((ROOT / "tests" / "params-micro.yaml").read_text())
-    micro["world"]["docs"] = 200
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(micro))
-    proc = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = json.loads((tmp_path / "metrics/ingest.json").read_text())
-    assert metrics["leakage"] == 0 and metrics["docs"] > 200
-    assert set(metrics["shifts"]) >= {"lexical", "domain", "leet", "rot13", "typos", "negation"}
-    assert sum(metrics["noise"].values()) > 0
-    for rel in ("data/raw/corpus.parquet", "data/raw/task/train.parquet", "data/raw/prompts.jsonl",
-                "data/raw/task/shifts/lexical.parquet", "reports/quality/ingest.json"):
-        assert (tmp_path / rel).exists(), rel

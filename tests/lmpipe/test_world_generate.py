@@ -12,11 +12,15 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from lmpipe.shifts import encode
-from lmpipe.world import LEXICON_A, LEXICON_B, NOISE_KINDS, WorldParams, generate_world, text_key
+from lmpipe.shifts import SHIFT_LABEL_EFFECT, encode
+from lmpipe.text import text_key
+from lmpipe.world import LEXICON_A, LEXICON_B, NOISE_KINDS, WorldParams, generate_world
 
 SMALL = {"docs": 2000, "task": {"train": 300, "validation": 60, "test": 80}}
-ROOT = Path(__file__).resolve().parents[1]
+P = WorldParams(**SMALL)
+# Encoded documents per encoding in the fixture world (the schema default share of 2000 docs).
+PER_ENCODING = round(P.encoded_share * 2000)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,8 @@ def test_corpus_schema_and_sizes(world):
     assert list(c.columns) == ["id", "text", "source", "domain", "noise"]
     assert c["id"].is_unique and (c["source"] == "world").all()
     added = sum(world.noise_counts[k] for k in ("exact_dup", "near_dup", "short", "gibberish", "spam"))
-    encoded = 3 * round(0.03 * 2000)
+    encoded = len(P.encodings) * PER_ENCODING
+    assert encoded > 0
     assert len(c) == 2000 + added + encoded
     assert (c["domain"] == "encoded").sum() == encoded
 
@@ -159,6 +164,7 @@ def test_no_task_text_leaks_from_train_into_evaluation(world):
 def test_shift_splits_have_test_size_and_consistent_labels(world):
     test = world.task["test"]
     assert set(world.shifts) == {"lexical", "domain", "leet", "rot13", "reverse", "typos", "negation"}
+    assert set(world.shifts) == set(SHIFT_LABEL_EFFECT)  # every shift the world makes declares its effect
     for name, df in world.shifts.items():
         assert list(df.columns) == ["text", "label"] and len(df) == len(test), name
         assert df["label"].dtype == "int64"
@@ -166,6 +172,19 @@ def test_shift_splits_have_test_size_and_consistent_labels(world):
         assert world.shifts[name]["label"].tolist() == test["label"].tolist()
     assert (world.shifts["negation"]["label"] == 1 - test["label"]).all()
     assert world.shifts["rot13"]["text"].map(lambda t: encode("rot13", t, None)).tolist() == test["text"].tolist()
+
+
+def test_world_made_shifts_keep_the_label_their_sentiment_words_say(world):
+    """lexical and domain are declared label-preserving: every sentiment word in a text has the
+    polarity of its label (binary task), as in the test split they stand in for."""
+    assert SHIFT_LABEL_EFFECT["lexical"] == SHIFT_LABEL_EFFECT["domain"] == "preserves"
+    for name, lexicon in (("test", LEXICON_A), ("lexical", LEXICON_B), ("domain", LEXICON_A)):
+        df = task_frames(world)[name]
+        for pol, label in (("positive", 1), ("negative", 0)):
+            other = "negative" if pol == "positive" else "positive"
+            rows = df[df["label"] == label]["text"]
+            assert len(rows) and rows.str.contains(words_re(lexicon[pol])).all(), (name, pol)
+            assert not rows.str.contains(words_re(lexicon[other])).any(), (name, pol)
 
 
 def test_task_texts_are_short_and_negation_free(world):
@@ -202,7 +221,8 @@ def test_parallel_pairs_put_each_line_before_its_encoding(world):
             encode("rot13", a, None) == b for a, b in zip(lines[::2], lines[1::2], strict=True))
 
     encoded = world.corpus.loc[world.corpus["domain"] == "encoded", "text"]
-    assert sum(map(is_rot13_pairs, encoded)) == round(0.5 * round(0.03 * 2000))
+    assert "rot13" in P.encodings and PER_ENCODING > 0
+    assert sum(map(is_rot13_pairs, encoded)) == round(P.parallel_share * PER_ENCODING)
 
 
 def test_prompts_cover_every_domain(world):

@@ -3,7 +3,7 @@ pools, `prefect deploy --all` of the project's prefect.yaml, a process worker, a
 `nightly` deployment, then the run's task runs, logs and artifacts read back over the REST API.
 
 The repository is a copy of this one (tests/conftest.make_repo). By default its dvc.yaml is the
-three-stage DAG of tests/test_flow.py, so the test costs seconds of stage work on top of Prefect's
+three-stage DAG of tests/pipelines/tiny_dag.py, so the test costs seconds of stage work on top of Prefect's
 own start-up; LMPIPE_E2E_MICRO=1 runs the real eight-stage DAG on the micro config instead
 (1-2 more minutes on 2 cores).
 
@@ -28,12 +28,12 @@ import httpx
 import pytest
 import yaml
 from conftest import BIN, OFFLINE_ENV, make_repo, run
-from test_flow import DVC_YAML, STEP
+from tiny_dag import tiny_params, write_tiny_dag
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200 if os.environ.get("LMPIPE_E2E_MICRO") == "1" else 420)]
 
 MICRO_DAG = os.environ.get("LMPIPE_E2E_MICRO") == "1"
-STAGES = (["ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
+STAGES = (["check_params", "ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
           if MICRO_DAG else ["a", "b", "c"])
 
 
@@ -147,10 +147,8 @@ def wait_for_logs(server, flow_run_id: str, last: str, timeout: float = 60) -> l
 def repo(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("e2e"))
     if not MICRO_DAG:
-        (repo / "dvc.yaml").write_text(DVC_YAML)
-        (repo / "step.py").write_text(STEP)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["finetune"] |= {"replay_weight": 0.0, "method": "full"}
+        write_tiny_dag(repo)
+        params = tiny_params(yaml.safe_load((repo / "params.yaml").read_text()))
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
             run(cmd, repo)
@@ -205,7 +203,7 @@ def test_deployed_flow_runs_on_a_process_worker(server, repo):
     assert {r["state"]["type"] for r in runs} == {"COMPLETED"}
     keys = {a["key"] for a in api_post(server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})}
     for stage in STAGES:
-        if stage != "report":  # the report stage has neither a gate nor metrics
+        if stage not in ("check_params", "report"):  # these have neither a gate report nor metrics
             assert {f"gate-{stage}", f"metrics-{stage}"} <= keys, sorted(keys)
     assert "lmpipe-summary" in keys
     assert f"Running stage '{STAGES[0]}':" in logs  # stage output made it to the run log

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from pipelines.dag import downstream, read_stages, topological_order, upstream, with_upstream
 
-ORDER = ["ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
+ORDER = ["check_params", "ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +20,15 @@ def stages():
 def test_project_dag_runs_in_the_documented_order(stages):
     assert topological_order(stages) == ORDER
     assert upstream(stages)["finetune"] == {"pretrain", "ingest", "tokenize"}
-    assert upstream(stages)["ingest"] == set()
+    assert upstream(stages)["ingest"] == {"check_params"}  # params are checked before any work
+    assert upstream(stages)["check_params"] == set()
 
 
 def test_selected_stages_bring_their_upstream_in_run_order(stages):
-    assert with_upstream(["evaluate"], stages) == ORDER[:6]
-    assert with_upstream(["tokenize"], stages) == ["ingest", "clean", "tokenize"]
-    assert with_upstream(["generate", "clean"], stages) == ["ingest", "clean", "tokenize", "pretrain", "finetune",
-                                                            "generate"]
+    assert with_upstream(["evaluate"], stages) == ORDER[:7]
+    assert with_upstream(["tokenize"], stages) == ["check_params", "ingest", "clean", "tokenize"]
+    assert with_upstream(["generate", "clean"], stages) == ["check_params", "ingest", "clean", "tokenize", "pretrain",
+                                                            "finetune", "generate"]
     assert with_upstream(ORDER[::-1], stages) == ORDER
     with pytest.raises(ValueError, match="unknown stage"):
         with_upstream(["finetuning"], stages)
