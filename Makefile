@@ -84,8 +84,8 @@ worker: setup  ## a process worker for POOL (cpu or gpu)
 serve: setup  ## no server/worker setup: serve the lmpipe and sweep flows from this process
 	$(PY) -m pipelines.flow --serve
 
-sweep: setup  ## a grid of DVC experiments, then the trade-off table and Pareto plot
-	$(PY) -m pipelines.sweep --grid '$(GRID)'
+sweep: setup  ## GRID as JSON; PREFIX=<prefix> resumes that sweep; TIME_LIMIT=<s> per experiment
+	$(PY) -m pipelines.sweep --grid '$(GRID)' $(if $(PREFIX),--prefix $(PREFIX)) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT))
 
 tradeoffs: setup  ## reports/experiments/{index.html,table.csv} from dvc exp show
 	$(PY) -m pipelines.tradeoffs

@@ -70,3 +70,49 @@ def test_gate_pass_and_fail(tmp_path, monkeypatch, capsys):
     ok = Gate("unit2").scalars("s", {"x": 0.5})
     ok.expect("s", gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=1))
     assert ok.finish()["success"] is True
+
+
+RUN_STAGE = """
+import sys
+from lmpipe.io import StageError, run_stage
+
+class Noisy:  # a finalizer that would print at interpreter shutdown
+    def __del__(self):
+        print("Exception ignored in: noise at shutdown", file=sys.stderr)
+
+keep = Noisy()
+
+def main():
+    kind = sys.argv[1]
+    if kind == "input":
+        raise StageError("data/input/x.jsonl: line 3 is not valid JSON")
+    if kind == "bug":
+        raise KeyError("boom")
+    if kind == "gate":
+        raise SystemExit(1)
+
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize(("kind", "code", "last"), [
+    ("input", 2, "error: data/input/x.jsonl: line 3 is not valid JSON"),
+    ("bug", 3, "error: unexpected KeyError: 'boom'"),
+    ("gate", 1, None),
+])
+def test_run_stage_ends_with_the_error_and_its_exit_code(tmp_path, kind, code, last):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "stage.py"
+    script.write_text(RUN_STAGE)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == code
+    assert "noise at shutdown" not in proc.stderr  # the error stays the last thing printed
+    if last:
+        assert proc.stderr.strip().splitlines()[-1] == last
+    if kind == "bug":
+        assert "Traceback" in proc.stderr  # a bug shows where it happened
