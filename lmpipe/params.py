@@ -237,6 +237,10 @@ class DataParams(Section):
     max_bad_line_share: float = Field(0.01, ge=0.0, le=1.0)  # corrupt jsonl lines tolerated
     gate: GateIngest = GateIngest()
 
+    @property
+    def effective_task_kind(self) -> str:
+        return "polarity" if self.source == "world" else self.task_kind
+
     @model_validator(mode="after")
     def _shifts_fit_the_task(self) -> DataParams:
         if self.source == "world":
@@ -415,6 +419,10 @@ class Params(Section):
     @model_validator(mode="after")
     def _sequences_fit_the_model(self):
         # GPT-2 has learned positions: the classifier cannot read past the pretrained block size
+        for name in self.finetune.augment:
+            if name in LABEL_MAPPING_SHIFTS and self.data.effective_task_kind != "polarity":
+                raise ValueError(f"finetune.augment: shift '{name}' changes labels and is defined only for"
+                                 f" data.task_kind: polarity (this task is {self.data.task_kind})")
         max_length = self.finetune.max_length
         if max_length != "auto" and max_length > self.pretrain.model.block_size:
             raise ValueError(f"finetune.max_length ({self.finetune.max_length}) exceeds"

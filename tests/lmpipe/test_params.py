@@ -40,6 +40,7 @@ def test_schema_defaults_equal_params_yaml():
         ({"finetune": {"max_length": 4}}, "'finetune.max_length': must be 'auto' or at least 8"),
         ({"finetune": {"lora": {"targets": "everything"}}}, "'finetune.lora.targets'"),
         ({"data": {"source": "files", "shifts": ["typos", "negation"]}}, "shift 'negation' changes labels"),
+        ({"data": {"source": "files"}, "finetune": {"augment": ["negation"]}}, "finetune.augment: shift 'negation'"),
         ({"bogus_section": {}}, "unknown key 'bogus_section'"),
         ({"pretrain": {"model": {"n_layers": 2}}}, "unknown key 'pretrain.model.n_layers'"),
         ({"pretrain": {"max_steps": "many"}}, "'pretrain.max_steps'"),
@@ -114,9 +115,3 @@ def test_an_empty_section_is_named(tmp_path):
     path.write_text(yaml.safe_dump(full))
     with pytest.raises(ParamsError, match="empty section 'clean'"):
         read_params(path)
-
-
-def test_label_mapping_shift_names_agree_with_the_shift_registry():
-    from lmpipe import params, shifts
-
-    assert set(shifts.ENCODINGS) == set(params.ENCODING_NAMES)
