@@ -128,7 +128,9 @@ class CleanParams(Section):
     min_mean_word_len: float = Field(3.0, ge=0, le=100)
     max_mean_word_len: float = Field(10.0, ge=1, le=1000)
     max_symbol_word_ratio: float = Field(0.1, ge=0, le=100)  # "#" and ellipses per word
-    min_punct_line_share: float = Field(0.3, ge=0, le=1)  # lines ending in . ! ? " ' (C4)
+    # C4's line rule on prose, weighted by words: the share of words in lines that end a sentence
+    # (. ! ? " ' ...), a hard-wrapped paragraph's lines counting as one line with its last
+    min_punct_line_share: float = Field(0.1, ge=0, le=1)
     min_alpha_share: float = Field(0.8, ge=0, le=1)  # words with a letter in them
     min_stopword_share: float = Field(0.15, ge=0, le=1)  # English heuristic, no model needed
 
@@ -145,6 +147,17 @@ class CleanParams(Section):
     # Share of characters in word 10-grams that repeat an earlier one: copied passages, which the
     # top n-grams miss when a long sentence repeats (Gopher's 5- to 10-gram limits suit long pages).
     max_dup_10gram_share: float = Field(0.30, ge=0, le=1)
+
+    # --- code documents ---
+    # A document whose lines mostly look like code (lmpipe.cleaning.code) is judged by code rules
+    # (The Stack's: longest line, mean line length, alphanumeric share) instead of the prose and
+    # repetition rules above, which drop nearly all source files; false: prose rules for all.
+    keep_code: bool = True
+    min_code_line_share: float = Field(0.5, gt=0, le=1)  # also marks code blocks whose indentation stays
+    max_code_line_chars: int = Field(1000, ge=1)  # minified or generated code has longer lines
+    max_code_mean_line_chars: float = Field(100.0, ge=1)
+    min_code_alnum_share: float = Field(0.25, ge=0, le=1)  # letters and digits among the characters
+    # --- end code documents ---
 
     # deduplication
     exact_dedup: bool = True
@@ -194,7 +207,9 @@ class FilesSource(Section):
     label_column: str = "label"
     # label value in the files -> class index; empty means labels are already 0..K-1
     label_map: dict[str, int] = {}
-    prompts: str = ""  # optional jsonl with {"prompt": ...}; default: first words of validation docs
+    # a .jsonl ({"prompt", "domain"?} per line) or .txt (one per line) of generation prompts;
+    # empty: generate takes prompts from the cleaned validation split
+    prompts: str = ""
 
 
 class HubSpec(Section):
@@ -234,7 +249,7 @@ class DataParams(Section):
     # polarity: labels are ordered opposites (negative..positive), so negating a text mirrors its
     # label; categorical: anything else (topics, intents), where no shift may change labels
     task_kind: Literal["polarity", "categorical"] = "categorical"
-    max_bad_line_share: float = Field(0.01, ge=0.0, le=1.0)  # corrupt jsonl lines tolerated
+    max_bad_line_share: float = Field(0.01, ge=0.0, le=1.0)  # corrupt jsonl lines tolerated, per file
     gate: GateIngest = GateIngest()
 
     @property

@@ -76,10 +76,11 @@ def load_tokenizer(name_or_path: str, key: str = "tokenize.pretrained"):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except Exception as err:  # transformers raises OSError, ValueError, hub errors...: one line for all
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200].rstrip(": ")
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         where = (f"{name_or_path} holds no loadable tokenizer" if path.exists() else
                  f"{name_or_path} is not a local path, and loading it as a hub name failed"
-                 " (offline, HF_HUB_OFFLINE=1, only local paths work)")
+                 + (" (HF_HUB_OFFLINE=1: only local paths work)" if offline else ""))
         raise StageError(f"{key}: {where}: {detail}") from None
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})

@@ -45,8 +45,9 @@ def make_repo(dest: Path, params: Path = MICRO) -> Path:
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("metrics/", "plots/", "reports/", "data/", "models/")) \
-                and rel != "dvc.lock":
+        # outputs stay behind (the copy reproduces them); the user-input folder ingest depends on comes along
+        output = rel.startswith(("metrics/", "plots/", "reports/", "data/", "models/")) and not rel.startswith("data/input/")
+        if src.is_file() and not output and rel != "dvc.lock":
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     # Write the params with every default filled in: dvc.yaml tracks whole sections and

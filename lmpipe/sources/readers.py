@@ -200,8 +200,8 @@ def expand(patterns: list[str] | str, key: str) -> list[Path]:
             raise StageError(f"{key}: no files match {pattern!r}")
         for match in matches:
             if os.path.isdir(match):
-                raise StageError(f"{key}: {pattern!r} matches the directory {match}; name files,"
-                                 f" e.g. '{match.rstrip('/')}/*.jsonl'")
+                raise StageError(f"{key}: {pattern!r} matches the directory {match}; globs must match files,"
+                                 f" not directories (for the files in it: '{match.rstrip('/')}/*.jsonl')")
             found.setdefault(match)
     return [Path(p) for p in found]
 

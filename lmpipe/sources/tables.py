@@ -45,8 +45,9 @@ def texts(table: Table, column: str, *, blank_ok: bool) -> tuple[pd.Series, int]
     not_str = ~values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
     if not_str.any():
         i = int(not_str.argmax())
-        raise StageError(f"{table.name}: {table.where(i)}: '{column}' holds {type(values[i]).__name__}"
-                         f" {values[i]!r}, not text")
+        value = values[i].item() if hasattr(values[i], "item") else values[i]  # numpy scalar -> Python
+        raise StageError(f"{table.name}: {table.where(i)}: '{column}' holds {type(value).__name__} {value!r},"
+                         " not text")
     blank = (values.str.strip() == "").to_numpy()
     if blank.any() and not blank_ok:
         i = int(blank.argmax())

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lmpipe.io import StageError
 from lmpipe.params import parse_params
 from lmpipe.tokenizer import EOS, train_tokenizer
 
@@ -103,3 +104,26 @@ def test_pretrained_tokenizer_by_path_gets_a_pad_token(tmp_path, stage):
     assert meta["vocab_size"] == len(saved) == len(trained)  # not retrained to 1000
     assert saved.pad_token is not None and meta["pad_id"] == saved.pad_token_id
     assert saved.encode("the river", add_special_tokens=False) == trained.encode("the river", add_special_tokens=False)
+
+
+@pytest.mark.parametrize(("setup", "needles"), [
+    # a pretrained tokenizer that cannot be loaded fails before the clean splits are even read
+    (lambda root: {"pretrained": "models/nope"}, ("tokenize.pretrained", "models/nope", "not a local path")),
+    (lambda root: (root / "tok.json").write_text("{}") and {"pretrained": "tok.json"}, ("tok.json", "is a file")),
+    (lambda root: (root / "emptydir").mkdir() or {"pretrained": "emptydir"}, ("emptydir", "no loadable tokenizer")),
+])
+def test_unloadable_pretrained_tokenizer_is_one_line_before_any_work(tmp_path, stage, setup, needles):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        parse_params({"tokenize": setup(tmp_path)}).model_dump(mode="json"), sort_keys=False))
+    with pytest.raises(StageError) as err:
+        stage.main()  # no data/clean exists: the error must be about the tokenizer, not the inputs
+    message = str(err.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+    assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()
+
+
+def test_an_empty_clean_split_names_its_file(tmp_path, stage):
+    write_stage_inputs(tmp_path, corpus(50, 1), [])
+    with pytest.raises(StageError, match=r"data/clean/validation.parquet has no documents"):
+        stage.main()
+    assert not (tmp_path / "models").exists()
