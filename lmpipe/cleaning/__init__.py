@@ -3,11 +3,13 @@
 The library behind `python -m stages.clean`, one module per concern; import a name from the
 module that owns it (this package imports nothing, so importing one part never loads the rest):
 
-  pii           emails, IP addresses and phone numbers replaced by placeholders
+  pii           emails, IP addresses and phone numbers replaced by placeholders; documentation
+                addresses and numbers that only look like phones left alone
+  code          which lines of a document are code, and whether the whole document is
   repairs       mojibake (ftfy), HTML to text, Unicode normalization, control characters,
-                whitespace, then pii: `repair(text, params)`
-  filters       Gopher/C4 quality and Gopher repetition heuristics: `quality_signals`,
-                `first_failure`, the filter order
+                whitespace (code keeps its indentation), then pii: `repair(text, params)`
+  filters       Gopher/C4 quality and Gopher repetition heuristics on prose, The Stack's on code
+                documents: `quality_signals`, `first_failure`, the filter order
   dedup         exact keys, MinHash signatures, LSH band keys; corpus-wide exact and near
                 duplicates on fixed-width arrays
   ground_truth  precision/recall of every filter and repair against the world's injected noise

@@ -1,17 +1,24 @@
-"""Document quality filters: Gopher/C4 quality heuristics and Gopher repetition heuristics,
-computed from one tokenization (`quality_signals`) and applied in order (`first_failure`)."""
+"""Document quality filters: Gopher/C4 quality heuristics and Gopher repetition heuristics for
+prose, The Stack's heuristics for code documents, computed from one tokenization
+(`quality_signals`) and applied in order (`first_failure`).
+
+Real technical text is hard-wrapped and mixes prose with code, so the prose rules look at the
+prose lines only (lmpipe.cleaning.code tells the code lines apart), and C4's line-punctuation
+rule weighs each line by its words, the lines of a wrapped paragraph counting with its last.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
 
+from lmpipe.cleaning.code import code_block_lines, is_code_document
 from lmpipe.params import CleanParams
 
 # Repetition runs before the other quality filters, as in FineWeb's pipeline: spam made of one
 # repeated line fails several filters, and the most specific one should get the blame.
 REPETITION_FILTERS = ["dup_paras", "dup_lines", "top_ngrams", "dup_ngrams"]
-QUALITY_FILTERS = ["word_len", "symbols", "punct_lines", "alpha", "english"]
+QUALITY_FILTERS = ["code", "word_len", "symbols", "punct_lines", "alpha", "english"]
 DEDUP_FILTERS = ["exact_dup", "near_dup"]
 FILTER_ORDER = ["length", *REPETITION_FILTERS, *QUALITY_FILTERS, *DEDUP_FILTERS]
 # What the corpus-wide passes keep per document is a few fixed-width codes, never Python objects:
@@ -24,6 +31,11 @@ _WORD = re.compile(r"\w(?:\S*\w)?")
 _LETTER_TOKEN = re.compile(r"\S*?[^\W\d_]\S*")  # a token with at least one letter
 _TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u2026")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# Gopher's symbols (hash, ellipsis), and U+FFFD, which stands for bytes that were not text
+_SYMBOLS = ("#", "...", "\u2026", "\ufffd")
+# Lines without a letter or digit (" ." between the paragraphs of a Debian copyright field, "}",
+# "----") hold no content, so their repeats are not repeated content.
+_CONTENT = re.compile(r"[^\W_]")
 
 # The most frequent English function words. Their share of a document's words is ~0.4-0.5 for
 # English prose and near 0 for other languages, gibberish and keyword lists (cf. dolma's and
@@ -37,25 +49,71 @@ STOP_WORDS = frozenset(
 )
 
 
-def quality_signals(text: str) -> dict[str, float]:
-    """Every number the quality and repetition filters look at, from one tokenization."""
-    tokens = len(text.split())
+def quality_signals(text: str, min_code_share: float = 0.5) -> dict[str, float]:
+    """Every number the filters look at. "code" is 1.0 for a code document, which also gets the
+    code signals; the prose signals of a prose document leave out its code blocks."""
+    lines = text.split("\n")
     words = _WORD.findall(text)
-    n = len(words)
+    signals = {"chars": len(text), "words": len(words), "code": 0.0}
+    prose, prose_words = text, words
+    if is_code_document(lines, min_code_share):
+        signals |= {"code": 1.0} | _code_signals(text, lines)
+    else:
+        code = code_block_lines(lines, min_code_share)
+        if any(code):
+            prose = "\n".join(line for line, c in zip(lines, code) if not c)
+            prose_words = _WORD.findall(prose)
     lower = [w.lower() for w in words]
-    lines = [line for line in text.split("\n") if line.strip()]
+    return signals | _prose_signals(prose, prose_words) | _repetition_signals(text, lower)
+
+
+def _prose_signals(prose: str, words: list[str]) -> dict[str, float]:
+    n = len(words)
+    return {
+        "mean_word_len": sum(map(len, words)) / n if n else 0.0,
+        "symbol_ratio": sum(map(prose.count, _SYMBOLS)) / max(n, 1),
+        "punct_line_share": _punct_word_share(prose),
+        "alpha_share": len(_LETTER_TOKEN.findall(prose)) / max(len(prose.split()), 1),
+        "stopword_share": sum(w.lower() in STOP_WORDS for w in words) / max(n, 1),
+    }
+
+
+def logical_lines(text: str) -> list[str]:
+    """The lines of `text` with hard wraps undone: a line that does not end a sentence continues on
+    the next line of its paragraph (a blank line ends a paragraph)."""
+    out: list[str] = []
+    current: list[str] = []
+    for line in text.split("\n"):
+        line = line.strip()
+        if line:
+            current.append(line)
+        if current and (not line or line.endswith(_TERMINAL)):
+            out.append(" ".join(current))
+            current = []
+    if current:
+        out.append(" ".join(current))
+    return out
+
+
+def _punct_word_share(text: str) -> float:
+    """C4's line rule after unwrapping, weighted by words: the share of words in logical lines
+    that end in terminal punctuation."""
+    total = punctuated = 0
+    for line in logical_lines(text):
+        n = len(line.split())
+        total += n
+        punctuated += n if line.endswith(_TERMINAL) else 0
+    return punctuated / max(total, 1)
+
+
+def _repetition_signals(text: str, lower: list[str]) -> dict[str, float]:
+    # Gopher's duplicate lines, on logical lines: the wrapped lines of two similar paragraphs (two
+    # licence notices) repeat one another without the paragraphs repeating
+    content = [line for line in logical_lines(text) if _CONTENT.search(line)]
     paragraphs = [para for para in _PARAGRAPH_BREAK.split(text) if para.strip()]
     chars = max(len(text), 1)
-    signals = {
-        "chars": len(text),
-        "words": n,
-        "mean_word_len": sum(map(len, words)) / n if n else 0.0,
-        "symbol_ratio": (text.count("#") + text.count("...") + text.count("\u2026")) / max(n, 1),
-        "punct_line_share": sum(line.rstrip().endswith(_TERMINAL) for line in lines) / max(len(lines), 1),
-        "alpha_share": len(_LETTER_TOKEN.findall(text)) / max(tokens, 1),
-        "stopword_share": sum(w in STOP_WORDS for w in lower) / max(n, 1),
-    }
-    for name, units in (("line", lines), ("para", paragraphs)):
+    signals = {}
+    for name, units in (("line", content), ("para", paragraphs)):
         dup, dup_chars = _duplicates(units)
         signals[f"dup_{name}_share"] = dup / max(len(units), 1)
         signals[f"dup_{name}_char_share"] = dup_chars / chars
@@ -67,6 +125,17 @@ def quality_signals(text: str) -> dict[str, float]:
             break
     signals["dup_10gram_share"] = _duplicate_ngram_chars(lower, 10) / chars
     return signals
+
+
+def _code_signals(text: str, lines: list[str]) -> dict[str, float]:
+    """The Stack's code filters: minified or generated files have very long lines, data files
+    (hex dumps, base64) few letters and digits."""
+    lengths = [len(line) for line in lines if line.strip()]
+    return {
+        "max_line_chars": max(lengths, default=0),
+        "mean_line_chars": sum(lengths) / max(len(lengths), 1),
+        "alnum_share": sum(ch.isalnum() for ch in text) / max(len(text), 1),
+    }
 
 
 def _duplicates(units: list[str]) -> tuple[int, int]:
@@ -123,6 +192,9 @@ CHECKS = [
     ("top_ngrams", "top_3gram_share", "max", "max_top_3gram_share"),
     ("top_ngrams", "top_4gram_share", "max", "max_top_4gram_share"),
     ("dup_ngrams", "dup_10gram_share", "max", "max_dup_10gram_share"),
+    ("code", "max_line_chars", "max", "max_code_line_chars"),
+    ("code", "mean_line_chars", "max", "max_code_mean_line_chars"),
+    ("code", "alnum_share", "min", "min_code_alnum_share"),
     ("word_len", "mean_word_len", "min", "min_mean_word_len"),
     ("word_len", "mean_word_len", "max", "max_mean_word_len"),
     ("symbols", "symbol_ratio", "max", "max_symbol_word_ratio"),
@@ -130,11 +202,16 @@ CHECKS = [
     ("alpha", "alpha_share", "min", "min_alpha_share"),
     ("english", "stopword_share", "min", "min_stopword_share"),
 ]
+# The checks a code document gets under clean.keep_code; every other document gets the rest.
+CODE_RULES = ("length", "code")
 
 
 def first_failure(s: dict[str, float], p: CleanParams) -> tuple[str, str]:
     """(filter name, detail) of the first check the signals fail, else ("", "")."""
+    code_rules = bool(s["code"]) and p.keep_code
     for name, signal, bound, param in CHECKS:
+        if not (name == "length" or (name in CODE_RULES) == code_rules):
+            continue
         value, limit = s[signal], getattr(p, param)
         if value < limit if bound == "min" else value > limit:
             return name, f"{signal}={value:.3g} {'<' if bound == 'min' else '>'} {param}={limit}"

@@ -54,7 +54,7 @@ def clean_chunk(texts: list[str], domains: list[str], noise: list[str] | None, p
     for k, (text, domain) in enumerate(zip(texts, domains)):
         text, repairs, pii = repair(text, p)
         if domain not in keep_domains:
-            dropped_by, detail = first_failure(quality_signals(text), p)
+            dropped_by, detail = first_failure(quality_signals(text, p.min_code_line_share), p)
         else:  # exempt from the filters, but nothing is left to learn from an empty document
             c.skipped += 1
             dropped_by, detail = ("length", "empty after repairs") if not text else ("", "")

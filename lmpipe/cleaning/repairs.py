@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 
 import ftfy
 
+from lmpipe.cleaning.code import code_lines
 from lmpipe.cleaning.pii import PII_KINDS, scrub_pii
 from lmpipe.params import CleanParams
 
@@ -106,17 +107,22 @@ def html_to_text(text: str) -> str:
 # or reorder text (zero-width space, bidi overrides, BOM, soft hyphen). ZWJ/ZWNJ stay: scripts
 # and emoji need them.
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-# Whitespace other than a lone space or newline (matching every single space would make this the
-# slowest step), spaces next to a newline, and runs of blank lines.
+# Whitespace other than a lone space (matching every single space would make this the slowest
+# step): runs of it become one space in prose lines.
 _ODD_SPACE = re.compile(r"[^\S\n]{2,}|[^\S \n]")
-_SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def normalize_whitespace(text: str) -> str:
-    text = _ODD_SPACE.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+def normalize_whitespace(text: str, min_code_share: float = 0.5) -> str:
+    """Unix newlines; in prose lines, runs of whitespace become one space and lines are stripped;
+    code lines (lmpipe.cleaning.code: fenced, doctest and indented code blocks, or every line of a
+    code document) keep their indentation and inner alignment and lose only trailing whitespace.
+    At most one blank line in a row, except in a code document, whose blank lines are its style."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    verbatim = code_lines(lines, min_code_share)
+    text = "\n".join(line.rstrip() if code else _ODD_SPACE.sub(" ", line).strip()
+                     for line, code in zip(lines, verbatim))
+    return (text if all(verbatim) else _BLANK_LINES.sub("\n\n", text)).strip("\n")
 
 
 def repair(text: str, p: CleanParams) -> tuple[str, list[str], dict[str, int]]:
@@ -137,7 +143,7 @@ def repair(text: str, p: CleanParams) -> tuple[str, list[str], dict[str, int]]:
     if p.remove_control:
         text = step("control", CONTROL.sub("", text))
     if p.normalize_whitespace:
-        text = step("whitespace", normalize_whitespace(text))
+        text = step("whitespace", normalize_whitespace(text, p.min_code_line_share))
     counts = dict.fromkeys(PII_KINDS, 0)
     if p.pii:
         scrubbed, counts = scrub_pii(text)

@@ -19,7 +19,9 @@ NOISE_KINDS = ("exact_dup", "near_dup", "html", "mojibake", "control", "short", 
 IN_PLACE = ("pii", "control", "mojibake", "html")
 
 _CONTROL_CHARS = [chr(c) for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)]
-_EMAIL_HOSTS = ("example.com", "mailbox.org", "post.example.net", "inbox.example")
+# Hosts that look real but are not reserved for documentation: the scrubber rightly leaves
+# example.com-style addresses alone, and injected PII must be PII it should remove.
+_EMAIL_HOSTS = ("mailbox.org", "postvale.net", "inbox-mail.com", "letterbird.io")
 _SPAM_LINES = (
     "Buy cheap {item} now at {site} !!!", "CLICK HERE to win a free {item} >>> {site}",
     "Limited offer: {item} for only {price} dollars, order today at {site}",

@@ -76,3 +76,16 @@ def test_missing_corpus_is_a_clear_error(tmp_path, stage):
     write_params(tmp_path, {})
     with pytest.raises(StageError, match="missing input data/raw/corpus.parquet"):
         stage.main()
+
+
+@pytest.mark.parametrize("text, left", [
+    ("Write to ana@mailbox.org.", True),
+    ("Call 415-555-2671 or (415) 555-2671.", True),
+    ("Write to ana@example.com or ops@host.example.", False),  # documentation domains are not PII
+    ("kill 123 543 2341 3453", False),  # a run of numbers, not a phone
+    ("Mail <EMAIL> or call <PHONE>.", False),
+])
+def test_gate_finds_pii_that_survived(text, left):
+    from stages.clean import pii_left
+
+    assert pii_left(text) is left

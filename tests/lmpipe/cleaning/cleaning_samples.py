@@ -61,5 +61,5 @@ def mixed_corpus(n: int) -> pd.DataFrame:
         words = rng.choice(PROSE).split()
         rng.shuffle(words)  # distinct documents that still read as English to the filters
         text = f"Entry {i}. " + " ".join(words) + "."
-        texts.append(rng.choice([text, text, f"<p>{text}</p>", f"{text} Mail x{i}@example.com.", "Too short."]))
+        texts.append(rng.choice([text, text, f"<p>{text}</p>", f"{text} Mail x{i}@mailbox.org.", "Too short."]))
     return corpus_of(texts)

@@ -1,12 +1,11 @@
-"""lmpipe.cleaning.repairs and .pii: each repair on crafted positives and negatives."""
+"""lmpipe.cleaning.repairs: each repair on crafted positives and negatives (PII: test_cleaning_pii.py,
+whitespace around code: test_cleaning_code.py)."""
 
 from __future__ import annotations
 
-import pytest
 from cleaning_samples import PROSE
 
 from lmpipe.cleaning.ground_truth import still_shows
-from lmpipe.cleaning.pii import scrub_pii
 from lmpipe.cleaning.repairs import repair
 from lmpipe.params import CleanParams
 
@@ -53,36 +52,3 @@ def test_normalization_and_switches():
                                "normalize_whitespace": False, "pii": False})
     raw = "<p>a\x00  b</p> me@example.com"
     assert repair(raw, off) == (raw, [], {"email": 0, "phone": 0, "ip": 0})
-
-
-# --- PII ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, kind", [
-    ("Write to ana.smith42@example.com today.", "email"),
-    ("Mail first+tag@post.example.net now.", "email"),
-    ("Call 555-0123-4567 for details.", "phone"),
-    ("Call (555) 0142-9876 for details.", "phone"),
-    ("Call +1 555 0199 1234 for details.", "phone"),
-    ("Phone 415.555.2671 or later.", "phone"),
-    ("Ring +44 20 7946 0958 now.", "phone"),
-    ("Dial 555-1234 after six.", "phone"),
-    ("The server at 192.168.10.254 is down.", "ip"),
-    ("Use fe80::1ff:fe23:4567:890a locally.", "ip"),
-])
-def test_pii_is_replaced_and_counted(text, kind):
-    scrubbed, counts = scrub_pii(text)
-    assert counts[kind] == 1 and sum(counts.values()) == 1
-    assert f"<{kind.upper()}>" in scrubbed
-    assert not still_shows("pii", scrubbed)
-
-
-@pytest.mark.parametrize("text", [
-    "In 1999 the town had 10 000 people and 2 bridges.",
-    "It cost $1,250,000 on 2023-01-15, or 12/05/2021 by the old calendar.",
-    "Version 3.11.4 ships with 128 GB and runs at 2.5 GHz.",
-    "The score was 3-2 after 90 minutes; see page 12-14.",
-    "Meet at 10:30 near gate 7.",
-])
-def test_pii_leaves_numbers_dates_and_versions(text):
-    assert scrub_pii(text) == (text, {"email": 0, "phone": 0, "ip": 0})
