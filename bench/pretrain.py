@@ -1,7 +1,7 @@
 """Our pretraining step against a minimal hand-written PyTorch loop, side by side in one process.
 
 Run: `python bench/pretrain.py` (or `python -m bench.pretrain`); `--help` for the knobs.
-Goal: `stages.pretrain.train_step` at >= 1.0x the tokens/s of the minimal loop on CPU.
+Goal: `lmpipe.pretraining.loop.train_step` at >= 1.0x the tokens/s of the minimal loop on CPU.
 
 Both arms train the same model (`build_model` from params.yaml's pretrain section, identical initial
 weights), on the same batches (the same random windows of the same shard), with the same AdamW
@@ -48,16 +48,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from lmpipe.modeling import LMLoss, flops_per_token, peak_flops  # noqa: E402
 from lmpipe.params import ModelShape, read_params  # noqa: E402
+from lmpipe.pretraining.loop import train_step  # noqa: E402
+from lmpipe.pretraining.model import build_model, flop_params, mfu  # noqa: E402
+from lmpipe.pretraining.optim import lr_at, make_optimizer, param_groups  # noqa: E402
 from lmpipe.runtime import autocast, keep_freed_memory  # noqa: E402
-from stages.pretrain import (  # noqa: E402
-    build_model,
-    flop_params,
-    lr_at,
-    make_optimizer,
-    mfu,
-    param_groups,
-    train_step,
-)
 
 # GPT-2 small as nanoGPT trains it: the vocabulary padded from 50,257 to a multiple of 64
 GPT2_124M = ModelShape(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0)
@@ -115,7 +109,7 @@ def minimal_loop(model, data: np.ndarray, p, seed: int, total: int, device: torc
 
 def ours(model, data: np.ndarray, p, seed: int, total: int, device: torch.device = torch.device("cpu"),
          compiled: bool = False):
-    """The stage's own step, wired as `stages.pretrain.train` wires it."""
+    """The stage's own step, wired as `lmpipe.pretraining.loop.train` wires it."""
     optimizer = make_optimizer(model, p)
     loss_fn = torch.compile(LMLoss(model)) if compiled else LMLoss(model)
     return lambda i: train_step(model, optimizer, data, p, step=i, total=total, seed=seed, device=device,
@@ -187,7 +181,7 @@ def main() -> None:
         return allocator_ab(args)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if cuda:  # as stages.pretrain.train sets them
+    if cuda:  # as lmpipe.pretraining.loop sets them
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:

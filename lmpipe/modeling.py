@@ -1,4 +1,4 @@
-"""Shared model-side helpers: devices, token shards, batches, LM loss, FLOPs and MFU.
+"""Shared model-side helpers: token shards, batches, LM loss, FLOPs and peaks, quiet loading.
 
 Pretraining, fine-tuning (replay) and evaluation all read the same `.bin` shards and measure
 language-modelling loss the same way, so the "forgetting" that evaluation reports compares like
@@ -7,8 +7,11 @@ with like.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from lmpipe.io import StageError
+from lmpipe.paths import TOKENS
 from lmpipe.runtime import autocast
 
-TOKENS_DIR = Path("data/tokens")
+TOKENS_DIR = TOKENS
 
 # Dense bf16 peak FLOP/s by device-name substring (vendor datasheets, no sparsity).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
@@ -84,10 +88,8 @@ class LMLoss(torch.nn.Module):
 
     With `torch.compile` the loss is then inside the compiled graph, so the compiler fuses the
     vocabulary-sized tail (logits upcast, log-softmax, NLL) instead of writing and re-reading
-    B x T x vocab tensors: ~1.17x the steps/s of compiling the model alone for GPT-2 small on an
-    H200 (bench/pretrain.py --device cuda --compile; on CPU, for the default model, 1.02x).
-    Eager, it is exactly `lm_loss`. (A chunked fused head loss, Liger-style, was measured too: no faster on CPU once
-    `keep_freed_memory` removes the page faults of the big buffers, so it is not here.)"""
+    B x T x vocab tensors; `bench/pretrain.py --device cuda --compile` measures what that is worth.
+    Eager, it is exactly `lm_loss`."""
 
     def __init__(self, lm):
         super().__init__()
@@ -99,8 +101,7 @@ class LMLoss(torch.nn.Module):
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host batch to `device`. On CUDA through pinned memory, so the copy can be asynchronous
-    (from pageable memory the host stages it synchronously), as nanoGPT's get_batch does. Its
-    effect alone was not isolated: the H200 runs measured it together with `LMLoss`."""
+    (from pageable memory the host stages it synchronously), as nanoGPT's get_batch does."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -134,3 +135,61 @@ def unigram_loss(train: np.ndarray, validation: np.ndarray, vocab_size: int) -> 
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+class _HoldLoadReport(logging.Filter):
+    """Keeps transformers' LOAD REPORT table back, so the caller decides whether it is news."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' per-call progress bars (loading, writing shards) off for a while: in a stage
+    log each is a redrawn line with nothing to act on."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_quietly(cls, path: str | Path, *, stage: str, new: Iterable[str] = (), dropped: Iterable[str] = (),
+                 **kwargs):
+    """`cls.from_pretrained(path, **kwargs)` with one line instead of transformers' LOAD REPORT table
+    when the keys it reports are the expected ones: `new` weights the checkpoint lacks (a classifier
+    head added to models/base) or `dropped` ones `cls` has no place for (the head of models/finetuned
+    when its body is loaded as a language model). Any other missing, unexpected or mismatched key
+    is a real problem, and transformers' full report is logged as usual."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    hold = _HoldLoadReport()
+    logger.addFilter(hold)
+    try:
+        with no_progress_bars():
+            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        logger.removeFilter(hold)
+    missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
+    if missing - set(new) or unexpected - set(dropped) or info["mismatched_keys"]:
+        for record in hold.held:
+            logger.handle(record)
+    notes = []
+    if missing & set(new):
+        notes.append(f"new {', '.join(sorted(missing & set(new)))} (not in the checkpoint: initialized here)")
+    if unexpected & set(dropped):
+        notes.append(f"left out {', '.join(sorted(unexpected & set(dropped)))} (no place for it in {cls.__name__})")
+    if notes:
+        print(f"[{stage}] {cls.__name__} from {path}: {'; '.join(notes)}", flush=True)
+    return model

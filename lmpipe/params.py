@@ -413,6 +413,10 @@ class GenerateParams(Section):
     top_k: int = Field(40, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     samples_per_prompt: int = Field(1, ge=1)
+    # without a prompts file (files/hf sources): this many prompts, each the first prompt_words
+    # words of a seeded sample of cleaned validation documents
+    num_prompts: int = Field(16, ge=1)
+    prompt_words: int = Field(8, ge=1)
 
 
 class ReportParams(Section):
@@ -438,6 +442,10 @@ class Params(Section):
             if name in LABEL_MAPPING_SHIFTS and self.data.effective_task_kind != "polarity":
                 raise ValueError(f"finetune.augment: shift '{name}' changes labels and is defined only for"
                                  f" data.task_kind: polarity (this task is {self.data.task_kind})")
+        ft, shape = self.finetune, self.pretrain.model
+        if ft.method == "freeze" and ft.freeze_layers >= shape.n_layer:
+            raise ValueError(f"finetune.freeze_layers ({ft.freeze_layers}) must be below pretrain.model.n_layer"
+                             f" ({shape.n_layer}): freezing every block leaves only the classifier head to train")
         max_length = self.finetune.max_length
         if max_length != "auto" and max_length > self.pretrain.model.block_size:
             raise ValueError(f"finetune.max_length ({self.finetune.max_length}) exceeds"

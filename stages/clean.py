@@ -23,6 +23,7 @@ from lmpipe.cleaning.pii import is_documentation_email
 from lmpipe.cleaning.streaming import CleanReport, clean_parquet
 from lmpipe.gates import Gate
 from lmpipe.io import run_stage, write_json, write_parquet
+from lmpipe.outputs import check_writable
 from lmpipe.params import CleanParams, load_params
 from lmpipe.text import spacing_key
 
@@ -90,6 +91,7 @@ def gate(metrics: dict, p: CleanParams) -> None:
 
 def main() -> None:
     params = load_params()
+    check_writable(dirs=[paths.CLEAN, paths.DROPPED], files=[paths.metrics_file("clean"), paths.quality_file("clean")])  # before any work: a file where a folder goes fails now, not at the end
     report = clean_parquet(paths.RAW_CORPUS, paths.CLEAN, params.clean, params.seed)
     metrics = write_outputs(report)
     gate(metrics, params.clean)

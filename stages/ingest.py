@@ -22,6 +22,7 @@ import great_expectations.expectations as gxe
 from lmpipe import paths
 from lmpipe.gates import Gate
 from lmpipe.io import atomic_path, run_stage, write_json, write_jsonl, write_parquet
+from lmpipe.outputs import check_writable
 from lmpipe.params import GateIngest, load_params
 from lmpipe.sources.raw import RawData, build_raw, leakage
 from lmpipe.sources.tables import SPLITS
@@ -84,6 +85,7 @@ def gate(raw: RawData, leaks: int, g: GateIngest) -> None:
 
 def main() -> None:
     params = load_params()
+    check_writable(dirs=[paths.RAW], files=[paths.metrics_file("ingest"), paths.quality_file("ingest")])  # before any work: a file where a folder goes fails now, not at the end
     raw = build_raw(params)
     for warning in raw.read.warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ import numpy as np
 from lmpipe import paths
 from lmpipe.gates import Gate
 from lmpipe.io import StageError, atomic_path, read_parquet, run_stage, write_json
+from lmpipe.outputs import check_writable
 from lmpipe.params import Params, load_params
 from lmpipe.tokenizer import encode_docs, load_tokenizer, shard_dtype, train_tokenizer
 
@@ -113,6 +114,7 @@ def gate(tokenizer, shards: dict[str, np.ndarray], validation: list[str], chars_
 
 def main() -> None:
     params = load_params()
+    check_writable(dirs=[paths.TOKENIZER, paths.TOKENS], files=[paths.metrics_file("tokenize"), paths.quality_file("tokenize")])  # before any work: a file where a folder goes fails now, not at the end
     # a pretrained tokenizer that cannot be loaded fails before any input is read
     pretrained = load_tokenizer(params.tokenize.pretrained) if params.tokenize.pretrained else None
     texts = read_splits()

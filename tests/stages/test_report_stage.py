@@ -12,6 +12,8 @@ import shutil
 
 import pytest
 
+from lmpipe.reporting.inputs import STAGES
+from lmpipe.reporting.page import SECTIONS
 from stages import report
 
 
@@ -19,7 +21,7 @@ def test_report_renders_every_section_and_every_image_decodes(micro_repo):
     import matplotlib.image as mpimg
 
     page = (micro_repo / "reports/index.html").read_text(encoding="utf-8")
-    for section in report.SECTIONS:
+    for section in SECTIONS:
         assert f'id="{section}"' in page, section
     assert "not available" not in page, "a figure is missing"
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)" data-file="([^"]+)">', page)
@@ -33,7 +35,7 @@ def test_report_renders_every_section_and_every_image_decodes(micro_repo):
     ev = json.loads((micro_repo / "metrics/evaluate.json").read_text())
     for name in ev["task"]["shift"]:
         assert f"<b>{name}</b>: {ev['capability'][name]['verdict']}" in page
-    for stage in report.STAGES:
+    for stage in STAGES:
         assert f"<td>{stage}</td><td>passed</td>" in page, stage
     samples = (micro_repo / "data/samples/samples.jsonl").read_text().splitlines()
     assert page.count("<tr>") >= len(samples)

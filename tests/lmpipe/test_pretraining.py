@@ -1,7 +1,7 @@
-"""Pretrain stage: loss goes down and beats the unigram baseline on a micro model, an interrupted
-run (SIGTERM, or a crash after a periodic checkpoint) resumes to the same weights as an
+"""Pretraining library: loss goes down and beats the unigram baseline on a micro model, an
+interrupted run (SIGTERM, or a crash after a periodic checkpoint) resumes to the same weights as an
 uninterrupted one, 2-process DDP over gloo trains and only rank 0 writes, the MFU formula matches
-a hand count, the lr schedule has its shape, and the gate catches non-finite losses.
+a hand count, the lr schedule has its shape, and compiled training learns what eager learns.
 
 Everything runs on tiny shards written here (2 layers, 32 dims, block 32, 20 steps)."""
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,61 +19,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from pretraining_data import tiny_params, workspace, write_shards
 
 from lmpipe.modeling import flops_per_token, sample_blocks
-from lmpipe.params import TokenizeParams, parse_params
-from stages.pretrain import CKPT_DIR, build_model, flop_params, lr_at, mfu, total_steps, train
-from stages.tokenize_corpus import encode_docs, shard_dtype, train_tokenizer
+from lmpipe.pretraining.checkpoint import CKPT_DIR
+from lmpipe.pretraining.loop import train
+from lmpipe.pretraining.model import build_model, flop_params, mfu
+from lmpipe.pretraining.optim import lr_at, total_steps
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "seed": 3,
-    "pretrain": {
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-        "device": "cpu", "threads": 1, "batch_size": 8, "max_steps": 20, "warmup_steps": 4,
-        "lr": 0.01, "eval_every": 10, "eval_batches": 2, "checkpoint_every": 5, "log_every": 5,
-    },
-    "finetune": {"max_length": 32},
-}
-
-
-def tiny_params(**pretrain):
-    raw = json.loads(json.dumps(TINY))
-    raw["pretrain"].update(pretrain)
-    return parse_params(raw)
-
-
-def sentences(n: int, seed: int) -> list[str]:
-    """A toy language with strong context (subject -> verb -> object agreement) to learn."""
-    rng = random.Random(seed)
-    frames = [("the cat", "chases", "a mouse"), ("my dog", "fetches", "the ball"),
-              ("a bird", "sings", "at dawn"), ("the farmer", "plants", "green seeds")]
-    return [" ".join(" ".join(rng.choice(frames)) + "." for _ in range(rng.randint(2, 6))) for _ in range(n)]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """models/tokenizer and data/tokens (as the tokenize stage writes them) in a template dir."""
-    root = tmp_path_factory.mktemp("shards")
-    train_docs, val_docs = sentences(400, 0), sentences(60, 1)
-    tok = train_tokenizer(train_docs, TokenizeParams(vocab_size=300))
-    tok.save_pretrained(root / "models/tokenizer")
-    (root / "data/tokens").mkdir(parents=True)
-    tokens = {}
-    for split, docs in (("train", train_docs), ("validation", val_docs)):
-        ids = encode_docs(tok, docs, 100, split)
-        ids.tofile(root / f"data/tokens/{split}.bin")
-        tokens[split] = len(ids)
-    meta = {"dtype": np.dtype(shard_dtype(len(tok))).name, "vocab_size": len(tok),
-            "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "tokens": tokens}
-    (root / "data/tokens/meta.json").write_text(json.dumps(meta))
-    return root
-
-
-def workspace(shards: Path, dest: Path) -> Path:
-    for sub in ("models/tokenizer", "data/tokens"):
-        shutil.copytree(shards / sub, dest / sub)
-    return dest
+    return write_shards(tmp_path_factory.mktemp("shards"))
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +54,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_loss_decreases_and_beats_unigram(reference):
     out, root = reference["out"], reference["root"]
-    result, history = out["result"], out["history"]
+    result, history = out.metrics.as_dict(), out.history
     losses = [h["train_loss"] for h in history if "train_loss" in h]
     assert len(losses) == 4 and losses[-1] < losses[0] - 1.0  # 20 steps, logged every 5
     assert all(math.isfinite(v) for v in losses)
     assert result["val_loss"] < result["unigram_loss"] - 0.3
     assert result["val_ppl"] == pytest.approx(math.exp(result["val_loss"]))
-    for key in ("train_loss", "val_loss", "val_ppl", "unigram_loss", "tokens_seen", "tokens_per_s",
-                "mfu", "params", "wall_s"):  # the metrics contract (README)
+    for key in ("train_loss", "val_loss", "val_ppl", "val_bits_per_byte", "unigram_loss", "tokens_seen",
+                "tokens_per_s", "mfu", "params", "wall_s"):  # the metrics contract (README)
         assert key in result
     assert result["tokens_seen"] == 20 * 8 * 32 and result["tokens_per_s"] > 0
     # a transformers-loadable model and tokenizer, and the dvclive curves dvc.yaml points at
@@ -116,6 +74,25 @@ def test_loss_decreases_and_beats_unigram(reference):
     assert len((curves / "train_loss.tsv").read_text().splitlines()) == 1 + 4
     assert len((curves / "val_loss.tsv").read_text().splitlines()) == 1 + 2  # steps 10 and 20
     assert len((curves / "lr.tsv").read_text().splitlines()) == 1 + 4
+
+
+def test_val_bits_per_byte_scores_the_whole_validation_split(reference):
+    """The number lm-evaluation-harness would report for models/base on data/clean/validation:
+    recomputed here from the saved model, and consistent with the sampled loss in nats/token."""
+    import pandas as pd
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from lmpipe.bits_per_byte import bits_per_byte
+
+    root, metrics = reference["root"], reference["out"].metrics
+    texts = pd.read_parquet(root / "data/clean/validation.parquet")["text"].tolist()
+    model = GPT2LMHeadModel.from_pretrained(root / "models/base")
+    tokenizer = AutoTokenizer.from_pretrained(root / "models/base")
+    again = bits_per_byte(model, tokenizer, texts, 32, 8, torch.device("cpu"))
+    assert metrics.val_bits_per_byte == pytest.approx(again, rel=1e-6)
+    tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
+    nats_per_token = metrics.val_bits_per_byte * math.log(2) * sum(len(t.encode()) for t in texts) / tokens
+    assert nats_per_token == pytest.approx(metrics.val_loss, rel=0.25)  # the same model, other windows
 
 
 def assert_same_run(root: Path, reference) -> None:
@@ -148,9 +125,9 @@ def test_resume_after_sigterm_matches_uninterrupted(shards, reference, tmp_path,
     # wall_s counts both processes' training time: mark the first one's so it is recognizable
     (CKPT_DIR / "progress.json").write_text(json.dumps({**progress, "wall_s": 1000.0}))
     out = train(tiny_params())  # resumes from step 7
-    assert 1000.0 < out["result"]["wall_s"] < 1000.0 + 120
-    assert [h["step"] for h in out["history"]] == [h["step"] for h in reference["out"]["history"]]
-    assert out["result"]["val_loss"] == pytest.approx(reference["out"]["result"]["val_loss"], abs=1e-6)
+    assert 1000.0 < out.metrics.wall_s < 1000.0 + 120
+    assert [h["step"] for h in out.history] == [h["step"] for h in reference["out"].history]
+    assert out.metrics.val_loss == pytest.approx(reference["out"].metrics.val_loss, abs=1e-6)
     assert_same_run(tmp_path, reference)
 
 
@@ -180,25 +157,14 @@ def test_changed_config_does_not_resume(shards, tmp_path, monkeypatch, capsys):
     assert (CKPT_DIR / "progress.json").exists()
     out = train(tiny_params(max_steps=12, lr=0.005))
     assert "ignoring checkpoint from a different config" in capsys.readouterr().out
-    assert out["history"][0]["step"] == 5  # started over
-
-
-def test_nproc_relaunches_under_torchrun(monkeypatch):
-    from stages import pretrain
-
-    calls = []
-    monkeypatch.setattr(pretrain.os, "execv", lambda exe, argv: calls.append((exe, argv)))
-    pretrain.relaunch_with_torchrun(2)
-    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                       "--nproc_per_node=2", "-m", "stages.pretrain"])]
+    assert out.history[0]["step"] == 5  # started over
 
 
 def test_ddp_two_processes_over_gloo(shards, tmp_path):
     """The command `nproc: 2` runs (see above): both ranks train, only rank 0 writes."""
     workspace(shards, tmp_path)
-    raw = json.loads(json.dumps(TINY))
-    raw["pretrain"].update(nproc=2, threads=2)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    full = tiny_params(nproc=2, threads=2).model_dump(mode="json")  # a params file names every section
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LMPIPE_PARAMS")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -229,7 +195,7 @@ def test_mfu_formula_against_hand_count(reference):
     flops = 6 * n_matmul + 12 * L * H * (C // H) * T
     assert flops_per_token(n_matmul, L, H, C // H, T) == flops
     assert mfu(flops, 1000.0, 1e9) == pytest.approx(flops * 1000 / 1e9)
-    result = reference["out"]["result"]  # the stage reports exactly this formula
+    result = reference["out"].metrics.as_dict()  # the run reports exactly this formula
     assert result["mfu"] == pytest.approx(flops * result["tokens_per_s"] / p.cpu_peak_flops)
 
 
@@ -262,34 +228,19 @@ def test_sample_blocks_contiguous_and_shifted():
     assert torch.equal(x, x2)  # same rng seed, same windows (the basis of resumable data order)
 
 
-def test_gate_rejects_nan_and_val_above_unigram(tmp_path, monkeypatch):
-    from stages.pretrain import gate
-
-    monkeypatch.chdir(tmp_path)
-    result = {"train_loss": float("nan"), "val_loss": 6.0, "unigram_loss": 5.0}
-    history = [{"step": 5, "train_loss": 7.0}, {"step": 10, "train_loss": float("nan"), "val_loss": 6.0}]
-    with pytest.raises(SystemExit) as exc:
-        gate(result, history, tiny_params().pretrain)
-    assert exc.value.code == 1
-    report = json.loads((tmp_path / "reports/quality/pretrain.json").read_text())
-    failed = {r["kwargs"].get("column") for r in report["expectations"] if not r["success"]}
-    assert {"all_finite", "val_minus_unigram"} <= failed
-
-
-
 def test_compiled_loss_trains_like_eager(shards, reference, tmp_path, monkeypatch):
     """`compile: true` (model and loss compiled as one graph, LMLoss) learns what eager learns:
     the same logged losses up to kernel rounding, over the same 20 steps."""
     monkeypatch.chdir(workspace(shards, tmp_path))
     out = train(tiny_params(compile=True))
-    got = [h["train_loss"] for h in out["history"] if "train_loss" in h]
-    ref = [h["train_loss"] for h in reference["out"]["history"] if "train_loss" in h]
+    got = [h["train_loss"] for h in out.history if "train_loss" in h]
+    ref = [h["train_loss"] for h in reference["out"].history if "train_loss" in h]
     assert got == pytest.approx(ref, abs=2e-3)
-    assert out["result"]["val_loss"] == pytest.approx(reference["out"]["result"]["val_loss"], abs=2e-3)
+    assert out.metrics.val_loss == pytest.approx(reference["out"].metrics.val_loss, abs=2e-3)
 
 
 # --- the CUDA path: skipped where there is no GPU (CI has none); run on a GPU machine with
-# `pytest tests/test_pretrain.py -k cuda` --------------------------------------------------------
+# `pytest tests/lmpipe/test_pretraining.py -k cuda` ---------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -308,8 +259,8 @@ def test_cuda_bf16_trains_resumes_and_saves(shards, tmp_path, monkeypatch):
     round differently run to run, hence loose tolerances), and the saved model loads on the CPU."""
     monkeypatch.chdir(workspace(shards, tmp_path / "whole"))
     whole = train(tiny_params(device="auto"))
-    result = whole["result"]
-    losses = [h["train_loss"] for h in whole["history"] if "train_loss" in h]
+    result = whole.metrics.as_dict()
+    losses = [h["train_loss"] for h in whole.history if "train_loss" in h]
     assert result["device"] == "cuda" and losses[-1] < losses[0] - 1.0
     assert result["val_loss"] < result["unigram_loss"] - 0.3 and 0 < result["mfu"] < 1
 
@@ -318,7 +269,7 @@ def test_cuda_bf16_trains_resumes_and_saves(shards, tmp_path, monkeypatch):
         train(tiny_params(device="auto"), on_step=sigterm_at(7))
     assert "rng_cuda" in torch.load(CKPT_DIR / "state.pt", weights_only=True)
     resumed = train(tiny_params(device="auto"))
-    assert resumed["result"]["val_loss"] == pytest.approx(result["val_loss"], abs=0.03)
+    assert resumed.metrics.val_loss == pytest.approx(result["val_loss"], abs=0.03)
     expected = load_weights(tmp_path / "whole/models/base")
     for name, tensor in load_weights(tmp_path / "resumed/models/base").items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=3e-2, msg=name)
@@ -330,8 +281,8 @@ def test_cuda_bf16_trains_resumes_and_saves(shards, tmp_path, monkeypatch):
 @cuda
 def test_cuda_compiled_loss_trains_like_eager(shards, tmp_path, monkeypatch):
     monkeypatch.chdir(workspace(shards, tmp_path / "eager"))
-    eager = [h["train_loss"] for h in train(tiny_params(device="cuda"))["history"] if "train_loss" in h]
+    eager = [h["train_loss"] for h in train(tiny_params(device="cuda")).history if "train_loss" in h]
     monkeypatch.chdir(workspace(shards, tmp_path / "compiled"))
-    compiled = [h["train_loss"] for h in train(tiny_params(device="cuda", compile=True))["history"]
+    compiled = [h["train_loss"] for h in train(tiny_params(device="cuda", compile=True)).history
                 if "train_loss" in h]
     assert compiled == pytest.approx(eager, abs=0.05)

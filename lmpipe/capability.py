@@ -1,0 +1,250 @@
+"""Capability vs behaviour per shift: could the frozen base model read the shifted text at all?
+
+Two signals, then one verdict per shift:
+
+- The LM-loss ratio: the base model's loss per *character* on shifted text over its loss on the
+  plain test text. It says the text looks familiar. Per character, not per token: leet and rot13
+  text tokenizes into more (rarer) tokens than the same plain text, so a per-token loss spreads the
+  same surprisal over more tokens and understates how badly the model reads it; the shifts keep
+  the character count (typos change it by one per typo), so per-character losses compare like with
+  like. It uses the first `evaluate.capability_rows` rows of each split (the encoded shifts are
+  row-aligned with the test split, so the ratio is paired).
+- The probe: a linear classifier (softmax regression) on the base model's mean-pooled hidden
+  states, fit on `evaluate.probe_k` labelled rows of a split and scored on the others. If it reads
+  the task well above chance, the task signal is in the representation, which a loss ratio cannot
+  tell. The same probe on the plain test split is the reference.
+
+A fine-tuned classifier that fails on a shift the probe reads shows mismatched generalization
+(Wei et al., 2023): the capability was there, the fine-tuned behaviour did not reach it.
+
+Everything is deterministic under the seed: the row split is a seeded permutation, the probe starts
+from zero weights and is fit full-batch with L-BFGS in float64 (a convex objective, so one optimum),
+and the intervals are the seeded bootstrap of `lmpipe.scoring`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmpipe import scoring
+from lmpipe.evaluation import padded_batches, text_lm_loss
+from lmpipe.params import LABEL_MAPPING_SHIFTS, EvaluateParams
+
+TRANSFERS = "transfers"
+MISMATCHED = "mismatched generalization"
+NO_CAPABILITY = "no capability"
+VERDICTS = (TRANSFERS, MISMATCHED, NO_CAPABILITY)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    accuracy: float  # held-out accuracy of the probe
+    ci: tuple[float, float]  # bootstrap 95% interval of that accuracy
+    chance: float  # majority-class share of the held-out rows: what a constant guess scores
+    fit_rows: int
+    scored_rows: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str  # one of VERDICTS
+    reason: str  # one sentence with the numbers behind it, for the report
+
+
+@torch.inference_mode()
+def pooled_features(model, ids: list[list[int]], layer: int, batch_size: int, max_length: int,
+                    pad_id: int, device) -> np.ndarray:
+    """Mean over real tokens (padding masked out) of hidden layer `layer` (-1 = the last; 0 = the
+    embeddings), one float64 row per text in the order of `ids`.
+
+    Only the transformer body runs (`model.base_model`): the LM head's vocabulary projection is not
+    needed for features. Right padding under a causal mask leaves the real tokens' states as they
+    would be unpadded."""
+    body = getattr(model, "base_model", model)
+    n_hidden = body.config.num_hidden_layers + 1
+    if not -n_hidden <= layer < n_hidden:
+        raise ValueError(f"probe layer {layer} is out of range for a model with {n_hidden} hidden states")
+    out = np.zeros((len(ids), body.config.hidden_size), dtype=np.float64)
+    for rows, x, mask in padded_batches(ids, batch_size, max_length, pad_id, device):
+        hidden = body(input_ids=x, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states[layer]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        out[rows] = pooled.double().cpu().numpy()
+    return out
+
+
+def split_rows(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (fit, scored) row indices: a seeded permutation's first `k` rows and the rest, each
+    sorted. Splits of the same size get the same rows, so row-aligned shifts and the plain test
+    split are probed on the same examples. `k` is capped at half the rows so that the score
+    always rests on at least as many rows as the fit."""
+    if n < 4:
+        raise ValueError(f"a probe needs at least 4 labelled rows, got {n}")
+    k = min(k, n // 2)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[:k]), np.sort(order[k:])
+
+
+def fit_softmax_regression(x: np.ndarray, y: np.ndarray, n_classes: int, max_iter: int = 500):
+    """Multinomial logistic regression on standardized features: weights (d, C), bias (C,), and the
+    fit rows' mean and scale.
+
+    The objective is the summed cross-entropy plus ½‖W‖² (scikit-learn's C=1 convention; the bias
+    is not penalized): with k≈64 rows and hundreds of features the classes are usually separable,
+    and without the penalty the weights would grow without bound."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0  # a constant feature carries nothing; leave it at zero
+    xt = torch.from_numpy((x - mean) / scale)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    w = torch.zeros((x.shape[1], n_classes), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt, reduction="sum") + 0.5 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy(), mean, scale
+
+
+def predict_softmax_regression(model, x: np.ndarray) -> np.ndarray:
+    w, b, mean, scale = model
+    return (((x - mean) / scale) @ w + b).argmax(axis=1)
+
+
+def chance_level(y: np.ndarray, n_classes: int) -> float:
+    """Accuracy of always guessing the most frequent class of `y` (1/classes when `y` is empty)."""
+    y = np.asarray(y, dtype=np.int64)
+    if y.size == 0:
+        return 1.0 / n_classes
+    return float(np.bincount(y, minlength=n_classes).max() / y.size)
+
+
+def probe(features: np.ndarray, labels, k: int, n_classes: int, seed: int, bootstrap: int) -> ProbeResult:
+    """Fit the probe on `k` rows of `features` and score it on the others (see `split_rows`)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    fit, scored = split_rows(len(labels), k, seed)
+    model = fit_softmax_regression(features[fit], labels[fit], n_classes)
+    correct = predict_softmax_regression(model, features[scored]) == labels[scored]
+    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
+                       chance=chance_level(labels[scored], n_classes),
+                       fit_rows=len(fit), scored_rows=len(scored))
+
+
+def probe_texts(model, ids: list[list[int]], labels, *, layer: int, k: int, n_classes: int, seed: int,
+                bootstrap: int, batch_size: int, max_length: int, pad_id: int, device) -> ProbeResult:
+    """`probe` on the base model's pooled features of tokenized texts (`pooled_features`)."""
+    features = pooled_features(model, ids, layer, batch_size, max_length, pad_id, device)
+    return probe(features, labels, k, n_classes, seed, bootstrap)
+
+
+def probe_mixed(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_labels, k: int, n_classes: int,
+                seed: int, bootstrap: int) -> ProbeResult:
+    """The probe for a shift that changes labels (negation): fit on k/2 plain and k/2 shifted rows
+    together, score on the other shifted rows. Fit on shifted rows alone, a probe could learn the
+    flipped rule from the sentiment words ("good" means negative) without reading the "not" at
+    all; mixed with plain rows, only features that carry the negation can fit both. A scored row
+    whose plain twin is among the fit rows has the opposite label there, which makes the test
+    harder, never easier."""
+    plain_labels, shifted_labels = (np.asarray(v, dtype=np.int64) for v in (plain_labels, shifted_labels))
+    fit_s, scored = split_rows(len(shifted_labels), k // 2, seed)
+    fit_p, _ = split_rows(len(plain_labels), k - len(fit_s), seed + 1)
+    model = fit_softmax_regression(np.concatenate([plain[fit_p], shifted[fit_s]]),
+                                   np.concatenate([plain_labels[fit_p], shifted_labels[fit_s]]), n_classes)
+    correct = predict_softmax_regression(model, shifted[scored]) == shifted_labels[scored]
+    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
+                       chance=chance_level(shifted_labels[scored], n_classes),
+                       fit_rows=len(fit_p) + len(fit_s), scored_rows=len(scored))
+
+
+def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult,
+            gap_threshold: float, probe_margin: float) -> Verdict:
+    """Per shift, in this order:
+
+    - `transfers`: the fine-tuned classifier's accuracy gap (id − shift) has a 95% interval whose
+      low end is at most `gap_threshold`, i.e. a gap that small is not ruled out;
+    - `mismatched generalization`: the gap is significant, yet the probe's interval lies wholly
+      above chance + `probe_margin`: the base model reads the task on this text, the fine-tuned
+      behaviour did not transfer;
+    - `no capability`: the gap is significant and the probe is not clearly above chance.
+
+    Both comparisons are exact: a gap CI low end equal to the threshold transfers, a probe CI low
+    end equal to chance + margin is not enough."""
+    values = (gap, *gap_ci, probe_result.accuracy, *probe_result.ci, probe_result.chance)
+    if not all(np.isfinite(v) for v in values):
+        raise ValueError(f"verdict needs finite gap and probe figures, got {values}")
+    lo, hi = gap_ci
+    gap_text = f"accuracy gap {gap:.3f} (95% CI {lo:.3f} to {hi:.3f})"
+    p_lo, p_hi = probe_result.ci
+    probe_text = (f"base-model probe accuracy {probe_result.accuracy:.3f} (95% CI {p_lo:.3f} to {p_hi:.3f},"
+                  f" fit on {probe_result.fit_rows} rows, scored on {probe_result.scored_rows})")
+    bar = probe_result.chance + probe_margin
+    if lo <= gap_threshold:
+        return Verdict(TRANSFERS, f"The {gap_text} does not exclude gaps of at most {gap_threshold:.3f}:"
+                                  " fine-tuned behaviour transfers.")
+    if p_lo > bar:
+        return Verdict(MISMATCHED, f"The {gap_text} exceeds {gap_threshold:.3f}, yet the {probe_text} is"
+                                   f" above chance {probe_result.chance:.3f} + margin {probe_margin:.3f}:"
+                                   " the base model reads the task here, fine-tuned behaviour did not transfer.")
+    return Verdict(NO_CAPABILITY, f"The {gap_text} exceeds {gap_threshold:.3f} and the {probe_text} is not"
+                                  f" above chance {probe_result.chance:.3f} + margin {probe_margin:.3f}:"
+                                  " the base model cannot read the task on this text.")
+
+
+# --- the capability section of metrics/evaluate.json -------------------------------------------
+
+
+def loss_ratios(base, tokenizer, ids: dict[str, list[list[int]]], p: EvaluateParams, device) -> dict:
+    """The base model's per-character LM loss on each shift's first `p.capability_rows` texts over
+    its loss on the plain test texts (the whole text, up to the model's context)."""
+    rows, ctx = p.capability_rows, base.config.n_positions
+    plain = text_lm_loss(base, tokenizer, ids["id"][:rows], p.batch_size, ctx, device)
+    out = {"plain_loss": plain["per_token"], "plain_loss_per_char": plain["per_char"],
+           "rows": min(rows, len(ids["id"])), "ratio_threshold": p.capability_ratio}
+    for name in (n for n in ids if n != "id"):
+        loss = text_lm_loss(base, tokenizer, ids[name][:rows], p.batch_size, ctx, device)
+        out[name] = {"base_loss": loss["per_token"], "base_loss_per_char": loss["per_char"],
+                     "loss_ratio": loss["per_char"] / max(plain["per_char"], 1e-9),
+                     "loss_ratio_per_token": loss["per_token"] / max(plain["per_token"], 1e-9)}
+    return out
+
+
+def capability(base, tokenizer, ids: dict[str, list[list[int]]], labels: dict[str, np.ndarray], gap: dict,
+               p: EvaluateParams, *, seed: int, max_length: int, n_classes: int, device) -> dict:
+    """Per shift: the LM-loss ratio, the probe with its interval, and the verdict with its reason;
+    `ids` and `labels` hold "id" (the plain test split, the probe's reference) and every shift,
+    `gap` is the task section's gaps.
+
+    The probe reads the same `max_length` tokens the classifier reads: the verdict compares the
+    two, and a probe that saw more of a long (e.g. leet) text than the classifier would credit the
+    base model with signal the classifier never got. A shift that changes labels gets the mixed
+    probe (`probe_mixed`). The gap in the
+    verdict is the one the task section reports, over the whole shifted split: the classifier was
+    not trained on the probe's fit rows, so they are fair test rows for it, and dropping them
+    would only widen its interval."""
+    out = loss_ratios(base, tokenizer, ids, p, device)
+    features = {name: pooled_features(base, rows, p.probe_layer, p.batch_size, max_length, tokenizer.pad_token_id,
+                                      device) for name, rows in ids.items()}
+    reference = probe(features["id"], labels["id"], p.probe_k, n_classes, seed, p.bootstrap)
+    out |= {"gap_threshold": p.gap_threshold, "probe_margin": p.probe_margin, "probe_layer": p.probe_layer,
+            "probe_reference_accuracy": reference.accuracy, "probe_reference_accuracy_ci": reference.ci,
+            "probe_reference_chance": reference.chance}
+    for name in (n for n in ids if n != "id"):
+        if name in LABEL_MAPPING_SHIFTS:
+            result = probe_mixed(features["id"], labels["id"], features[name], labels[name], p.probe_k,
+                                 n_classes, seed, p.bootstrap)
+        else:
+            result = probe(features[name], labels[name], p.probe_k, n_classes, seed, p.bootstrap)
+        v = verdict(gap[name], gap[f"{name}_ci"], result, p.gap_threshold, p.probe_margin)
+        out[name] |= {"probe_accuracy": result.accuracy, "probe_accuracy_ci": result.ci,
+                      "probe_chance": result.chance, "probe_fit_rows": result.fit_rows,
+                      "probe_scored_rows": result.scored_rows, "probe_reference_accuracy": reference.accuracy,
+                      "verdict": v.label, "reason": v.reason}
+    return out
