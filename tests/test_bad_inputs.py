@@ -169,7 +169,7 @@ STAGE_CASES = [
     Case("pretrain-checkpoints-is-a-file", "pretrain", _write("data/checkpoints", "x"), ("data/checkpoints",)),
     Case("pretrain-absent-gpu", "pretrain", _set("pretrain.device", "cuda"), ("cuda",)),
     Case("finetune-output-is-a-file", "finetune", _write("models/finetuned", "x"), ("models/finetuned",)),
-    Case("evaluate-model-missing", "evaluate", _noop, ("models/",)),
+    Case("evaluate-inputs-missing", "evaluate", _noop, ("is missing", "run the upstream stage")),
 ]
 
 CASES = PARAMS_CASES + INGEST_CASES + STAGE_CASES

@@ -41,6 +41,8 @@ def test_schema_defaults_equal_params_yaml():
         ({"finetune": {"lora": {"targets": "everything"}}}, "'finetune.lora.targets'"),
         ({"data": {"source": "files", "shifts": ["typos", "negation"]}}, "shift 'negation' changes labels"),
         ({"data": {"source": "files"}, "finetune": {"augment": ["negation"]}}, "finetune.augment: shift 'negation'"),
+        ({"finetune": {"method": "freeze", "freeze_layers": 4}, "pretrain": {"model": {"n_layer": 4}}},
+         "finetune.freeze_layers (4) must be below pretrain.model.n_layer (4)"),
         ({"bogus_section": {}}, "unknown key 'bogus_section'"),
         ({"pretrain": {"model": {"n_layers": 2}}}, "unknown key 'pretrain.model.n_layers'"),
         ({"pretrain": {"max_steps": "many"}}, "'pretrain.max_steps'"),
