@@ -65,7 +65,7 @@ POOL ?= cpu
 GRID ?= {"finetune.replay_weight": [0, 0.5, 1], "finetune.method": ["full", "lora"]}
 PREFECT_CLI := PREFECT_API_URL=$(PREFECT_API) $(VENV)/bin/prefect
 
-.PHONY: serve sweep tradeoffs
+.PHONY: serve sweep tradeoffs study
 
 server: setup  ## local Prefect server (API + UI) on 127.0.0.1
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
@@ -75,7 +75,7 @@ pools: setup  ## process work pools cpu and gpu, and the gpu concurrency limit (
 	$(PREFECT_CLI) work-pool create gpu --type process --overwrite
 	$(PREFECT_CLI) gcl create gpu --limit 1 || $(PREFECT_CLI) gcl update gpu --limit 1
 
-deploy: setup  ## the deployments of prefect.yaml (nightly, gpu, sweep), run from this checkout
+deploy: setup  ## the deployments of prefect.yaml (nightly, gpu, sweep, study), run from this checkout
 	$(PREFECT_CLI) --no-prompt deploy --all
 
 worker: setup  ## a process worker for POOL (cpu or gpu)
@@ -89,3 +89,6 @@ sweep: setup  ## GRID as JSON; PREFIX=<prefix> resumes that sweep; TIME_LIMIT=<s
 
 tradeoffs: setup  ## reports/experiments/{index.html,table.csv} from dvc exp show
 	$(PY) -m pipelines.tradeoffs
+
+study: setup  ## the remedy study (pipelines/study.py): ONLY=a,b GROUPS=<json> PREFIX=<prefix> resumes, TIME_LIMIT=<s> per experiment, DRY_RUN=1 plan + estimate only
+	$(PY) -m pipelines.study $(if $(ONLY),--only $(ONLY)) $(if $(GROUPS),--groups '$(GROUPS)') $(if $(PREFIX),--prefix $(PREFIX)) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) $(if $(DRY_RUN),--dry-run)

@@ -87,7 +87,9 @@ def document_logliks(model, tokenizer, texts: Sequence[str], block_size: int, ba
         raise ValueError(f"batch_size and block_size must be positive (got {batch_size}, {block_size})")
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
-    ids = tokenizer(list(texts))["input_ids"] if len(texts) else []
+    # verbose=False: documents longer than the tokenizer's model_max_length are expected (they are
+    # cut into windows below), so its "longer than the specified maximum" warning is noise here
+    ids = tokenizer(list(texts), verbose=False)["input_ids"] if len(texts) else []
     windows, owner = [], []
     for doc, tokens in enumerate(ids):
         for window in rolling_windows(tokens, prefix, block_size):

@@ -78,7 +78,8 @@ class Evaluation:
 
 def encode(tokenizer, texts) -> list[list[int]]:
     """Token ids of every text, untruncated: each use cuts them to the length it needs."""
-    return tokenizer(list(texts), truncation=False)["input_ids"] if len(texts) else []
+    # verbose=False: the "longer than the specified maximum" warning is expected, each use cuts
+    return tokenizer(list(texts), truncation=False, verbose=False)["input_ids"] if len(texts) else []
 
 
 def padded_batches(ids: list[list[int]], batch_size: int, max_length: int, pad_id: int, device):

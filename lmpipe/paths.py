@@ -41,6 +41,7 @@ DROPPED = REPORTS / "dropped"
 REPORT_HTML = REPORTS / "index.html"
 REPORT_FIGURES = REPORTS / "figures"
 EXPERIMENTS_REPORT = REPORTS / "experiments"
+STUDY_REPORT = REPORTS / "study"
 
 
 def metrics_file(stage: str) -> Path:

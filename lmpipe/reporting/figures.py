@@ -105,26 +105,41 @@ def accuracy_figure(ev: dict, figures: Path) -> Path:
     return save_figure(fig, figures / "shift_accuracy.png")
 
 
+VERDICT_COLOURS = {"transfers": "#2f855a", "mismatched generalization": "#c05621", "no capability": "#718096"}
+
+
 def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_threshold: float) -> Path | None:
-    """Each shift as a point: can the base model read it (x) vs. did behaviour transfer (y), with
-    the two thresholds the verdicts use."""
+    """Each shift as a point in two panels, coloured by its verdict: did behaviour transfer (y, the
+    accuracy gap) against the base model's LM-loss ratio (left: does the text look familiar?) and
+    against the capability probe's accuracy with its 95% CI (right: does the representation carry
+    the task?), with the thresholds the verdicts use."""
     cap, task = ev.get("capability", {}), ev["task"]
     names = [n for n in task["shift"] if isinstance(cap.get(n), dict)]
     if not names:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for n in names:
-        x, y = cap[n]["loss_ratio"], task["gap"][n]
-        ax.scatter(x, y, color="#c05621")
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axvline(ratio_threshold, ls="--", c="grey", lw=1)
-    ax.axhline(gap_threshold, ls=":", c="grey", lw=1)
-    ax.text(0.02, 0.98, "capability present,\nbehaviour did not transfer", transform=ax.transAxes,
-            va="top", fontsize=8, color="grey")
-    ax.text(0.98, 0.98, "no capability", transform=ax.transAxes, va="top", ha="right", fontsize=8, color="grey")
-    ax.set(xlabel="base-model LM loss ratio, shifted / plain (per character)",
-           ylabel="accuracy gap (id − shift)", title="Capability vs. behaviour per shift")
+        c, y = cap[n], task["gap"][n]
+        colour = VERDICT_COLOURS.get(c.get("verdict"), "black")
+        left.scatter(c["loss_ratio"], y, color=colour)
+        left.annotate(n, (c["loss_ratio"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if "probe_accuracy" in c:
+            lo, hi = c["probe_accuracy_ci"]
+            acc = c["probe_accuracy"]
+            right.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=colour, capsize=3)
+            right.annotate(n, (acc, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    left.axvline(ratio_threshold, ls="--", c="grey", lw=1)
+    for ax in (left, right):
+        ax.axhline(gap_threshold, ls=":", c="grey", lw=1)
+    bars = [cap[n]["probe_chance"] + cap.get("probe_margin", 0.0) for n in names if "probe_chance" in cap[n]]
+    if bars:
+        right.axvline(max(bars), ls="--", c="grey", lw=1)
+    left.set(xlabel="base-model LM loss ratio, shifted / plain (per character)", ylabel="accuracy gap (id − shift)",
+             title="Familiar text?")
+    right.set(xlabel="capability probe accuracy on the shifted text (95% CI)", title="Readable by the base model?")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    right.legend(handles=handles, fontsize=8, loc="upper right")
     return save_figure(fig, figures / "capability.png")
 
 

@@ -28,11 +28,14 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 def verdict_text(verdict: str, gap_threshold: float) -> str:
     """What a verdict means, in one sentence, with the threshold it was made with."""
     return {
-        "transfers": f"fine-tuned behaviour holds on this shift (gap ≤ {gap_threshold:g} or its interval includes 0)",
-        "no capability": "the base model cannot read this text either (LM loss ratio above the threshold): "
-                         "pretraining never covered it, so no fine-tuning method could be expected to transfer",
-        "capability present, behaviour did not transfer": "the base model reads this text about as well as plain "
-                                                          "text, yet the classifier fails on it: mismatched generalization",
+        "transfers": f"fine-tuned behaviour holds on this shift (the gap's 95% interval reaches down to "
+                     f"{gap_threshold:g} or below)",
+        "no capability": "the base model's features do not carry the task on this text either (the probe is not "
+                         "above chance + margin): pretraining did not teach it to read it, so fine-tuning could not "
+                         "be expected to transfer",
+        "mismatched generalization": "a linear probe on the base model's features reads the task on this text "
+                                     "well above chance, yet the fine-tuned classifier fails on it: the capability "
+                                     "is there, the behaviour did not transfer",
     }.get(verdict, "")
 
 
@@ -105,7 +108,8 @@ def build_html(d: ReportInputs, figures: Path) -> str:
     ev = d.evaluate
     cap = ev.get("capability", {})
     verdicts = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(cap[n]['verdict'])} — "
-                       f"{html.escape(verdict_text(cap[n]['verdict'], d.gap_threshold))}</li>"
+                       f"{html.escape(verdict_text(cap[n]['verdict'], d.gap_threshold))}. "
+                       f"<small>{html.escape(cap[n].get('reason', ''))}</small></li>"
                        for n in ev["task"]["shift"] if isinstance(cap.get(n), dict))
     sample_rows = [{"domain": s.get("domain", ""), "prompt": s["prompt"], "base": s["base"], "finetuned": s["finetuned"]}
                    for s in d.samples]

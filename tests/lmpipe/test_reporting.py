@@ -44,7 +44,8 @@ def test_page_states_the_thresholds_from_params(tmp_path):
     with contextlib.chdir(tmp_path):
         page = build_html(inputs(gap=0.2, ratio=1.8), tmp_path)
     assert "Above 1.8 the base model cannot read the shift" in page
-    assert "gap ≤ 0.2 or" in verdict_text("transfers", 0.2)
+    assert "reaches down to 0.2 or below" in verdict_text("transfers", 0.2)
+    assert all(verdict_text(v, 0.05) for v in ("transfers", "mismatched generalization", "no capability"))
     assert "<b>leet</b>: no capability" in page
     assert "pretraining loss: not available" in page  # no curves in this folder
     assert {p.name for p in tmp_path.glob("*.png")} == {"shift_accuracy.png", "capability.png", "confusion.png"}

@@ -163,7 +163,7 @@ def test_deployed_flow_runs_on_a_process_worker(server, repo):
     prefect(server, "--no-prompt", "deploy", "--all", cwd=repo)
 
     deployments = {d["name"]: d for d in api_post(server, "/deployments/filter", {})}
-    assert set(deployments) == {"nightly", "gpu", "sweep"}
+    assert set(deployments) == {"nightly", "gpu", "sweep", "study"}
     nightly, gpu = deployments["nightly"], deployments["gpu"]
     assert nightly["work_pool_name"] == "cpu" and gpu["work_pool_name"] == "gpu"
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
