@@ -289,6 +289,10 @@ def publish(entries: list[dict], outcomes: list[dict], out_dir: str, meta: dict)
     log = get_run_logger()
     revs = {r["experiment"]: r["full_rev"] for r in rows_from_exp_show(exp_show()) if r["kind"] == "experiment"}
     by_name = {o["name"]: o for o in outcomes}
+    # A point equal to params.yaml reproduces HEAD: `dvc exp run` finds every stage up to date and
+    # records no experiment commit, so its metrics are the committed ones.
+    unchanged = {e["experiment"] for e in entries if not e["changed"]}
+    revs |= {n: "HEAD" for n in unchanged if n not in revs}
     metrics = {n: experiment_metrics(revs[n]) for n, o in by_name.items() if o["status"] not in FAILED and n in revs}
     table = build_table(entries, by_name, metrics)
     written = write_outputs(table, Path(out_dir), meta)
