@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.summary import get_dotted
+
 VERDICT_SHORT = {"transfers": "T", "mismatched generalization": "MG", "no capability": "NC"}
 QUESTIONS = {
     "augment": "Training-time augmentation (finetune.augment): does it close the gap on the shifts it augments, "
@@ -53,14 +55,6 @@ def kind_of(points: list[dict]) -> str:
     return "compare"
 
 
-def _get(data: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
-
-
 def _num(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
@@ -70,18 +64,18 @@ def _ci(value) -> tuple[float, float]:
 
 
 def shifts_of(evaluate: dict) -> list[str]:
-    return sorted(k for k, v in (_get(evaluate, "task.shift") or {}).items() if isinstance(v, dict))
+    return sorted(k for k, v in (get_dotted(evaluate, "task.shift") or {}).items() if isinstance(v, dict))
 
 
 def metric_columns(metrics: dict[str, dict]) -> dict:
     """The table's metric columns of one experiment, from its metrics files ({"evaluate": {...}, ...})."""
     ev = metrics.get("evaluate") or {}
-    row = {col: _num(_get(metrics.get(file) or {}, key)) for col, file, key in METRICS}
-    row["id_accuracy_lo"], row["id_accuracy_hi"] = _ci(_get(ev, "task.id.accuracy_ci"))
+    row = {col: _num(get_dotted(metrics.get(file) or {}, key)) for col, file, key in METRICS}
+    row["id_accuracy_lo"], row["id_accuracy_hi"] = _ci(get_dotted(ev, "task.id.accuracy_ci"))
     for s in shifts_of(ev):
-        cap = _get(ev, f"capability.{s}") or {}
-        row[f"gap.{s}"] = _num(_get(ev, f"task.gap.{s}"))
-        row[f"gap.{s}.lo"], row[f"gap.{s}.hi"] = _ci(_get(ev, f"task.gap.{s}_ci"))
+        cap = get_dotted(ev, f"capability.{s}") or {}
+        row[f"gap.{s}"] = _num(get_dotted(ev, f"task.gap.{s}"))
+        row[f"gap.{s}.lo"], row[f"gap.{s}.hi"] = _ci(get_dotted(ev, f"task.gap.{s}_ci"))
         row[f"probe.{s}"] = _num(cap.get("probe_accuracy"))
         row[f"probe.{s}.lo"], row[f"probe.{s}.hi"] = _ci(cap.get("probe_accuracy_ci"))
         row[f"chance.{s}"] = _num(cap.get("probe_chance"))

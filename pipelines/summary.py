@@ -25,7 +25,8 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def _get(data: dict, dotted: str):
+def get_dotted(data: dict, dotted: str):
+    """data['a']['b'] for 'a.b', or None where a part is missing."""
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
             return None
@@ -61,8 +62,8 @@ HEADLINES = [
 
 def shift_lines(evaluate: dict) -> list[str]:
     lines = []
-    for name, row in sorted((_get(evaluate, "task.shift") or {}).items()):
-        verdict = _get(evaluate, f"capability.{name}.verdict")
+    for name, row in sorted((get_dotted(evaluate, "task.shift") or {}).items()):
+        verdict = get_dotted(evaluate, f"capability.{name}.verdict")
         lines.append(f"  shift {name:<10} accuracy {_fmt(row.get('accuracy'))}"
                      + (f"  -> {verdict}" if verdict else ""))
     return lines
@@ -73,7 +74,7 @@ def summary(metrics_dir: Path = paths.METRICS, quality_dir: Path = paths.QUALITY
     metrics = {p.stem: _read(p) for p in metrics_dir.glob("*.json")}
     lines = ["== lmpipe run summary", gate_line(quality_dir)]
     for label, stage, key in HEADLINES:
-        value = _get(metrics.get(stage, {}), key)
+        value = get_dotted(metrics.get(stage, {}), key)
         if value is not None:
             lines.append(f"{label:<42} {_fmt(value)}")
     lines += shift_lines(metrics.get("evaluate", {}))
