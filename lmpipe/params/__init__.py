@@ -34,6 +34,7 @@ from lmpipe.params.data import (
     TokenizeParams,
     WorldParams,
 )
+from lmpipe.params.safety import CONTROL_TRANSFORMS, GateSft, RedteamParams, SftParams
 from lmpipe.params.errors import describe, describe_yaml_error
 from lmpipe.params.training import (
     EvaluateParams,
@@ -48,7 +49,7 @@ from lmpipe.params.training import (
     ReportParams,
 )
 
-__all__ = ["ENCODING_NAMES", "LABEL_MAPPING_SHIFTS", "MAX_FACTS", "PARAMS_FILE", "CleanParams", "DataParams",
+__all__ = ["ENCODING_NAMES", "LABEL_MAPPING_SHIFTS", "MAX_FACTS", "PARAMS_FILE", "CONTROL_TRANSFORMS", "CleanParams", "GateSft", "RedteamParams", "SftParams", "DataParams",
            "EvaluateParams", "FilesSource", "FinetuneParams", "GateEvaluate", "GateFinetune", "GateIngest",
            "GatePretrain", "GateTokenize", "GenerateParams", "HubSource", "HubSpec", "LoraParams", "MinHashParams",
            "ModelShape", "NoiseRates", "Params", "ParamsError", "PretrainParams", "ReportParams", "ReviewDomain",
@@ -65,7 +66,9 @@ class Params(Section):
     tokenize: TokenizeParams = TokenizeParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    sft: SftParams = SftParams()
     evaluate: EvaluateParams = EvaluateParams()
+    redteam: RedteamParams = RedteamParams()
     generate: GenerateParams = GenerateParams()
     report: ReportParams = ReportParams()
 
@@ -80,6 +83,9 @@ class Params(Section):
         if ft.method == "freeze" and ft.freeze_layers >= shape.n_layer:
             raise ValueError(f"finetune.freeze_layers ({ft.freeze_layers}) must be below pretrain.model.n_layer"
                              f" ({shape.n_layer}): freezing every block leaves only the classifier head to train")
+        for name in self.sft.safety_augment:
+            if name not in self.world.encodings:
+                raise ValueError(f"sft.safety_augment: '{name}' is not one of world.encodings {self.world.encodings}")
         max_length = self.finetune.max_length
         if max_length != "auto" and max_length > self.pretrain.model.block_size:
             raise ValueError(f"finetune.max_length ({self.finetune.max_length}) exceeds"
