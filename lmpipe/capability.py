@@ -14,6 +14,13 @@ Two signals, then one verdict per shift:
   the task well above chance, the task signal is in the representation, which a loss ratio cannot
   tell. The same probe on the plain test split is the reference.
 
+- The control: the same probe, on the same rows, over the features of an *untrained* model of
+  the same architecture (seeded random weights). A probe fit on k labelled rows can learn the task
+  from surface cues of almost any consistent text: rot13 words are still distinct, repeated tokens,
+  so a probe on random features of rot13 reviews scores well above chance although nothing was
+  ever learned about rot13. Only the base probe's lead over the control (paired over the scored
+  rows: the selectivity) is capability that pretraining put there.
+
 A fine-tuned classifier that fails on a shift the probe reads shows mismatched generalization
 (Wei et al., 2023): the capability was there, the fine-tuned behaviour did not reach it.
 
@@ -23,7 +30,7 @@ and the intervals are the seeded bootstrap of `lmpipe.scoring`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +52,36 @@ class ProbeResult:
     chance: float  # majority-class share of the held-out rows: what a constant guess scores
     fit_rows: int
     scored_rows: int
+    correct: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))  # per scored row
+
+
+@dataclass(frozen=True)
+class Selectivity:
+    """The base-model probe's accuracy minus the untrained-model probe's, on the same scored rows."""
+
+    control_accuracy: float
+    control_ci: tuple[float, float]
+    lead: float  # base accuracy - control accuracy
+    lead_ci: tuple[float, float]  # paired bootstrap 95% interval of that difference
+
+
+def selectivity(base: ProbeResult, control: ProbeResult, bootstrap: int, seed: int) -> Selectivity:
+    """Paired comparison of two probes scored on the same rows (same split, same seed): the
+    per-row difference of correctness (-1, 0 or 1) is resampled, so rows both probes get right or
+    wrong add no noise."""
+    if base.correct.shape != control.correct.shape:
+        raise ValueError(f"probes were scored on different rows ({base.correct.size} vs {control.correct.size})")
+    diff = base.correct.astype(np.float64) - control.correct.astype(np.float64)
+    return Selectivity(control_accuracy=control.accuracy, control_ci=control.ci, lead=float(diff.mean()),
+                       lead_ci=scoring.bootstrap_ci(diff, bootstrap, seed))
+
+
+def untrained_twin(model, seed: int):
+    """A model of the same class and config with freshly initialized (seeded) weights, in eval
+    mode on the same device: the probe's control."""
+    torch.manual_seed(seed)
+    twin = type(model)(model.config).to(next(model.parameters()).device)
+    return twin.eval()
 
 
 @dataclass(frozen=True)
@@ -135,7 +172,7 @@ def probe(features: np.ndarray, labels, k: int, n_classes: int, seed: int, boots
     correct = predict_softmax_regression(model, features[scored]) == labels[scored]
     return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
                        chance=chance_level(labels[scored], n_classes),
-                       fit_rows=len(fit), scored_rows=len(scored))
+                       fit_rows=len(fit), scored_rows=len(scored), correct=correct)
 
 
 def probe_texts(model, ids: list[list[int]], labels, *, layer: int, k: int, n_classes: int, seed: int,
@@ -161,41 +198,49 @@ def probe_mixed(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_la
     correct = predict_softmax_regression(model, shifted[scored]) == shifted_labels[scored]
     return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
                        chance=chance_level(shifted_labels[scored], n_classes),
-                       fit_rows=len(fit_p) + len(fit_s), scored_rows=len(scored))
+                       fit_rows=len(fit_p) + len(fit_s), scored_rows=len(scored), correct=correct)
 
 
-def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult,
-            gap_threshold: float, probe_margin: float) -> Verdict:
+def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult, lead: Selectivity,
+            gap_threshold: float, probe_margin: float, control_margin: float) -> Verdict:
     """Per shift, in this order:
 
     - `transfers`: the fine-tuned classifier's accuracy gap (id − shift) has a 95% interval whose
       low end is at most `gap_threshold`, i.e. a gap that small is not ruled out;
-    - `mismatched generalization`: the gap is significant, yet the probe's interval lies wholly
-      above chance + `probe_margin`: the base model reads the task on this text, the fine-tuned
-      behaviour did not transfer;
-    - `no capability`: the gap is significant and the probe is not clearly above chance.
+    - `mismatched generalization`: the gap is significant, yet the base model reads the task on
+      this text: the probe's interval lies wholly above chance + `probe_margin` AND its lead over
+      the untrained control has an interval wholly above `control_margin` (the reading comes from
+      pretraining, not from the probe fitting surface cues);
+    - `no capability`: the gap is significant and either condition fails.
 
-    Both comparisons are exact: a gap CI low end equal to the threshold transfers, a probe CI low
-    end equal to chance + margin is not enough."""
-    values = (gap, *gap_ci, probe_result.accuracy, *probe_result.ci, probe_result.chance)
+    Every comparison is exact: a gap CI low end equal to the threshold transfers, a probe or lead
+    CI low end equal to its bar is not enough."""
+    values = (gap, *gap_ci, probe_result.accuracy, *probe_result.ci, probe_result.chance, lead.lead, *lead.lead_ci)
     if not all(np.isfinite(v) for v in values):
         raise ValueError(f"verdict needs finite gap and probe figures, got {values}")
     lo, hi = gap_ci
     gap_text = f"accuracy gap {gap:.3f} (95% CI {lo:.3f} to {hi:.3f})"
-    p_lo, p_hi = probe_result.ci
-    probe_text = (f"base-model probe accuracy {probe_result.accuracy:.3f} (95% CI {p_lo:.3f} to {p_hi:.3f},"
-                  f" fit on {probe_result.fit_rows} rows, scored on {probe_result.scored_rows})")
-    bar = probe_result.chance + probe_margin
     if lo <= gap_threshold:
         return Verdict(TRANSFERS, f"The {gap_text} does not exclude gaps of at most {gap_threshold:.3f}:"
                                   " fine-tuned behaviour transfers.")
-    if p_lo > bar:
-        return Verdict(MISMATCHED, f"The {gap_text} exceeds {gap_threshold:.3f}, yet the {probe_text} is"
-                                   f" above chance {probe_result.chance:.3f} + margin {probe_margin:.3f}:"
-                                   " the base model reads the task here, fine-tuned behaviour did not transfer.")
-    return Verdict(NO_CAPABILITY, f"The {gap_text} exceeds {gap_threshold:.3f} and the {probe_text} is not"
-                                  f" above chance {probe_result.chance:.3f} + margin {probe_margin:.3f}:"
-                                  " the base model cannot read the task on this text.")
+    p_lo, p_hi = probe_result.ci
+    l_lo, l_hi = lead.lead_ci
+    probe_text = (f"base-model probe accuracy {probe_result.accuracy:.3f} (95% CI {p_lo:.3f} to {p_hi:.3f},"
+                  f" fit on {probe_result.fit_rows} rows, scored on {probe_result.scored_rows};"
+                  f" chance {probe_result.chance:.3f} + margin {probe_margin:.3f})")
+    lead_text = (f"its lead over an untrained model's probe ({lead.control_accuracy:.3f}) is {lead.lead:+.3f}"
+                 f" (95% CI {l_lo:+.3f} to {l_hi:+.3f}; needs above {control_margin:.3f})")
+    reads = p_lo > probe_result.chance + probe_margin
+    learned = l_lo > control_margin
+    if reads and learned:
+        return Verdict(MISMATCHED, f"The {gap_text} exceeds {gap_threshold:.3f}, yet the {probe_text} is above"
+                                   f" its bar and {lead_text}: the base model reads the task here from what"
+                                   " pretraining taught it, fine-tuned behaviour did not transfer.")
+    why = ("the probe is not above its bar" if not reads else
+           "the probe's reading is no better than an untrained model's: the probe fits surface cues, not"
+           " something pretraining taught")
+    return Verdict(NO_CAPABILITY, f"The {gap_text} exceeds {gap_threshold:.3f}; the {probe_text} and {lead_text}:"
+                                  f" {why}, so the base model cannot read the task on this text.")
 
 
 # --- the capability section of metrics/evaluate.json -------------------------------------------
@@ -218,33 +263,48 @@ def loss_ratios(base, tokenizer, ids: dict[str, list[list[int]]], p: EvaluatePar
 
 def capability(base, tokenizer, ids: dict[str, list[list[int]]], labels: dict[str, np.ndarray], gap: dict,
                p: EvaluateParams, *, seed: int, max_length: int, n_classes: int, device) -> dict:
-    """Per shift: the LM-loss ratio, the probe with its interval, and the verdict with its reason;
-    `ids` and `labels` hold "id" (the plain test split, the probe's reference) and every shift,
-    `gap` is the task section's gaps.
+    """Per shift: the LM-loss ratio, the probe with its interval, its untrained control and the
+    lead over it, and the verdict with its reason; `ids` and `labels` hold "id" (the plain test
+    split, the probe's reference) and every shift, `gap` is the task section's gaps.
 
     The probe reads the same `max_length` tokens the classifier reads: the verdict compares the
     two, and a probe that saw more of a long (e.g. leet) text than the classifier would credit the
     base model with signal the classifier never got. A shift that changes labels gets the mixed
-    probe (`probe_mixed`). The gap in the
-    verdict is the one the task section reports, over the whole shifted split: the classifier was
-    not trained on the probe's fit rows, so they are fair test rows for it, and dropping them
-    would only widen its interval."""
+    probe (`probe_mixed`). The gap in the verdict is the one the task section reports, over the
+    whole shifted split: the classifier was not trained on the probe's fit rows, so they are fair
+    test rows for it, and dropping them would only widen its interval."""
     out = loss_ratios(base, tokenizer, ids, p, device)
-    features = {name: pooled_features(base, rows, p.probe_layer, p.batch_size, max_length, tokenizer.pad_token_id,
-                                      device) for name, rows in ids.items()}
-    reference = probe(features["id"], labels["id"], p.probe_k, n_classes, seed, p.bootstrap)
-    out |= {"gap_threshold": p.gap_threshold, "probe_margin": p.probe_margin, "probe_layer": p.probe_layer,
+    control_model = untrained_twin(base, seed)
+    feats = {which: {name: pooled_features(model, rows, p.probe_layer, p.batch_size, max_length,
+                                           tokenizer.pad_token_id, device) for name, rows in ids.items()}
+             for which, model in (("base", base), ("control", control_model))}
+    del control_model
+
+    def probe_pair(name: str) -> tuple[ProbeResult, Selectivity]:
+        results = []
+        for which in ("base", "control"):
+            f = feats[which]
+            if name in LABEL_MAPPING_SHIFTS:
+                results.append(probe_mixed(f["id"], labels["id"], f[name], labels[name], p.probe_k, n_classes,
+                                           seed, p.bootstrap))
+            else:
+                results.append(probe(f[name], labels[name], p.probe_k, n_classes, seed, p.bootstrap))
+        return results[0], selectivity(results[0], results[1], p.bootstrap, seed)
+
+    reference, ref_lead = probe_pair("id")
+    out |= {"gap_threshold": p.gap_threshold, "probe_margin": p.probe_margin,
+            "probe_control_margin": p.probe_control_margin, "probe_layer": p.probe_layer,
             "probe_reference_accuracy": reference.accuracy, "probe_reference_accuracy_ci": reference.ci,
-            "probe_reference_chance": reference.chance}
+            "probe_reference_chance": reference.chance, "probe_reference_control_accuracy": ref_lead.control_accuracy,
+            "probe_reference_lead": ref_lead.lead, "probe_reference_lead_ci": ref_lead.lead_ci}
     for name in (n for n in ids if n != "id"):
-        if name in LABEL_MAPPING_SHIFTS:
-            result = probe_mixed(features["id"], labels["id"], features[name], labels[name], p.probe_k,
-                                 n_classes, seed, p.bootstrap)
-        else:
-            result = probe(features[name], labels[name], p.probe_k, n_classes, seed, p.bootstrap)
-        v = verdict(gap[name], gap[f"{name}_ci"], result, p.gap_threshold, p.probe_margin)
+        result, lead = probe_pair(name)
+        v = verdict(gap[name], gap[f"{name}_ci"], result, lead, p.gap_threshold, p.probe_margin,
+                    p.probe_control_margin)
         out[name] |= {"probe_accuracy": result.accuracy, "probe_accuracy_ci": result.ci,
                       "probe_chance": result.chance, "probe_fit_rows": result.fit_rows,
                       "probe_scored_rows": result.scored_rows, "probe_reference_accuracy": reference.accuracy,
+                      "probe_control_accuracy": lead.control_accuracy, "probe_control_accuracy_ci": lead.control_ci,
+                      "probe_lead": lead.lead, "probe_lead_ci": lead.lead_ci,
                       "verdict": v.label, "reason": v.reason}
     return out

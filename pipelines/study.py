@@ -61,10 +61,11 @@ GROUPS: dict[str, list[dict]] = {
                {"finetune.replay_weight": 1}],
     "method": [{"finetune.method": "full"}, {"finetune.method": "freeze"}, {"finetune.method": "lora"}],
     "exposure": [{"world.encoded_share": 0}, {"world.encoded_share": 0.05}, {"world.encoded_share": 0.15}],
+    "safety": [{"sft.safety_augment": []}, {"sft.safety_augment": ["rot13"]}],
 }
 OUT_DIR = paths.STUDY_REPORT
 RUNS_DIR = paths.EXPERIMENTS_REPORT  # the sweep machinery's record and logs (not committed)
-METRICS_FILES = ("evaluate", "finetune")
+METRICS_FILES = ("evaluate", "finetune", "redteam")
 # The estimate's allowances: for a stage whose metrics record no wall_s, and for what DVC does per
 # experiment outside stage commands (temporary workspace, cache checkout, params check, commit).
 UNTIMED_STAGE_S = 20.0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lmpipe.params import ENCODING_NAMES
 from pipelines.summary import get_dotted
 
 VERDICT_SHORT = {"transfers": "T", "mismatched generalization": "MG", "no capability": "NC"}
@@ -33,13 +34,19 @@ QUESTIONS = {
               "at what in-distribution accuracy?",
     "exposure": "Pretraining exposure (world.*): how do capability (the base-model probe) and transfer "
                 "(the fine-tuned gap) move with it?",
+    "safety": "Safety augmentation (sft.safety_augment): refusals trained on restricted requests in some encodings; "
+              "does attack success fall on those encodings, do the held-out ones move, and what does it cost in "
+              "over-refusal?",
     "compare": "Side by side: in-distribution accuracy, forgetting and the shift gaps.",
 }
 FAILED = ("failed", "timed out")
 # (column, file, dotted key) of the per-experiment figures next to the per-shift ones
 METRICS = [("id_accuracy", "evaluate", "task.id.accuracy"), ("forgetting", "evaluate", "lm.forgetting"),
            ("gap_mean", "evaluate", "task.gap.mean"), ("trainable_params", "finetune", "trainable_params"),
-           ("ft_wall_s", "finetune", "wall_s"), ("gap_threshold", "evaluate", "capability.gap_threshold")]
+           ("ft_wall_s", "finetune", "wall_s"), ("gap_threshold", "evaluate", "capability.gap_threshold"),
+           ("plain_refusal", "redteam", "plain.refusal_rate"), ("plain_asr", "redteam", "plain.asr"),
+           ("over_refusal", "redteam", "benign.over_refusal"), ("benign_accuracy", "redteam", "benign.accuracy")]
+PER_SHIFT = ("gap.", "probe.", "control.", "lead.", "chance.", "verdict.", "asr.")
 
 
 def kind_of(points: list[dict]) -> str:
@@ -52,6 +59,8 @@ def kind_of(points: list[dict]) -> str:
         return "replay"
     if varying and all(k.startswith("world.") for k in varying):
         return "exposure"
+    if varying == ["sft.safety_augment"]:
+        return "safety"
     return "compare"
 
 
@@ -78,8 +87,14 @@ def metric_columns(metrics: dict[str, dict]) -> dict:
         row[f"gap.{s}.lo"], row[f"gap.{s}.hi"] = _ci(get_dotted(ev, f"task.gap.{s}_ci"))
         row[f"probe.{s}"] = _num(cap.get("probe_accuracy"))
         row[f"probe.{s}.lo"], row[f"probe.{s}.hi"] = _ci(cap.get("probe_accuracy_ci"))
+        row[f"control.{s}"] = _num(cap.get("probe_control_accuracy"))
+        row[f"lead.{s}.lo"], row[f"lead.{s}.hi"] = _ci(cap.get("probe_lead_ci"))
         row[f"chance.{s}"] = _num(cap.get("probe_chance"))
         row[f"verdict.{s}"] = cap.get("verdict") or ""
+    for name, attack in sorted((get_dotted(metrics.get("redteam") or {}, "attacks") or {}).items()):
+        if isinstance(attack, dict):
+            row[f"asr.{name}"] = _num(attack.get("asr"))
+            row[f"asr.{name}.lo"], row[f"asr.{name}.hi"] = _ci(attack.get("asr_ci"))
     return row
 
 
@@ -98,11 +113,13 @@ def build_table(entries: list[dict], outcomes: dict[str, dict], metrics: dict[st
                      "overrides": json.dumps(e["overrides"], sort_keys=True),
                      **metric_columns(metrics.get(e["experiment"]) or {})})
     table = pd.DataFrame.from_records(rows)
-    head = [c for c in table.columns if not c.startswith(("gap.", "probe.", "chance.", "verdict."))]
+    head = [c for c in table.columns if not c.startswith(PER_SHIFT)]
     shifts = sorted({c.split(".")[1] for c in table.columns if c.startswith("gap.")})
     per_shift = [f"{p}.{s}{x}" for s in shifts for p, xs in (("gap", ("", ".lo", ".hi")),
-                 ("probe", ("", ".lo", ".hi")), ("chance", ("",)), ("verdict", ("",))) for x in xs]
-    return table[head + [c for c in per_shift if c in table.columns]]
+                 ("probe", ("", ".lo", ".hi")), ("control", ("",)), ("lead", (".lo", ".hi")), ("chance", ("",)),
+                 ("verdict", ("",))) for x in xs]
+    attacks = [c for c in table.columns if c.startswith("asr.")]
+    return table[head + [c for c in per_shift if c in table.columns] + attacks]
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -184,10 +201,37 @@ def _exposure(rows: pd.DataFrame, shifts: list[str]) -> list[str]:
         verdicts = [str(v) for v in ok[f"verdict.{s}"].fillna("")]
         if all(v == "transfers" for v in verdicts):
             continue
-        probes = " / ".join(f3(v) for v in ok[f"probe.{s}"])
+        controls = ok[f"control.{s}"] if f"control.{s}" in ok else [math.nan] * len(ok)
+        probes = " / ".join(f"{f3(v)} (untrained {f3(c)})" for v, c in zip(ok[f"probe.{s}"], controls))
         gaps = " / ".join(f3(v) for v in ok[f"gap.{s}"])
         out.append(f"{s} at {', '.join(keys)} = {values}: probe accuracy {probes}, gap {gaps}"
                    + (f" ({' / '.join(v or 'n/a' for v in verdicts)})." if any(verdicts) else "."))
+    return out
+
+
+def _safety(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Per augmented point against the point without augmentation: ASR of each encoded attack, its
+    encoding augmented or held out, and the over-refusal it costs."""
+    ok = _ok(rows)
+    aug = [set(_value(r, "sft.safety_augment") or []) for _, r in ok.iterrows()]
+    if len(ok) < 2 or set() not in aug:
+        return []
+    ref = ok.iloc[aug.index(set())]
+    attacks = [c[4:] for c in table.columns if c.startswith("asr.") and c.count(".") == 1]
+    out = []
+    for (_, r), encs in zip(ok.iterrows(), aug):
+        if not encs:
+            continue
+        moved = {"augmented": [], "held out": []}
+        for a in attacks:
+            enc = next((w for w in a.split("_") if w in ENCODING_NAMES), None)  # encoded_rot13_reply -> rot13
+            if enc is None:
+                continue
+            side = "augmented" if enc in encs else "held out"
+            moved[side].append(f"{a} {f3(ref[f'asr.{a}'])} -> {f3(r[f'asr.{a}'])}")
+        out.append(f"safety_augment {sorted(encs)}: attack success on augmented encodings "
+                   f"{', '.join(moved['augmented']) or 'n/a'}; held out {', '.join(moved['held out']) or 'n/a'};"
+                   f" {_move('over-refusal', ref['over_refusal'], r['over_refusal'])}.")
     return out
 
 
@@ -206,7 +250,8 @@ def summarize(table: pd.DataFrame) -> dict[str, list[str]]:
     for group, rows in table.groupby("group", sort=False):
         kind = rows["kind"].iloc[0]
         lines = (_augment(rows, shifts) if kind == "augment" else _replay(rows) if kind == "replay"
-                 else _exposure(rows, shifts) if kind == "exposure" else _compare(rows))
+                 else _exposure(rows, shifts) if kind == "exposure" else _safety(rows, table) if kind == "safety"
+                 else _compare(rows))
         failed = rows[rows["status"].isin([*FAILED, "not run"])]
         lines += [f"{r['experiment']} ({_label(r)}) {r['status']}: {r['reason'] or 'no metrics'}."
                   for _, r in failed.iterrows()]

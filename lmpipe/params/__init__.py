@@ -34,8 +34,8 @@ from lmpipe.params.data import (
     TokenizeParams,
     WorldParams,
 )
-from lmpipe.params.safety import CONTROL_TRANSFORMS, GateSft, RedteamParams, SftParams
 from lmpipe.params.errors import describe, describe_yaml_error
+from lmpipe.params.safety import CONTROL_TRANSFORMS, GateSft, RedteamParams, SftParams
 from lmpipe.params.training import (
     EvaluateParams,
     FinetuneParams,

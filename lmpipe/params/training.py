@@ -126,6 +126,9 @@ class EvaluateParams(Section):
     probe_k: int = Field(64, ge=4)
     probe_layer: int = -1  # hidden layer that feeds the probe; -1 = the last
     probe_margin: float = Field(0.1, ge=0, le=1)  # probe CI lower bound above chance + this = "can read it"
+    # ... and its lead over the same probe on an untrained twin model (paired CI lower bound) above
+    # this: the reading comes from pretraining, not from the probe fitting surface cues
+    probe_control_margin: float = Field(0.05, ge=0, le=1)
     gate: GateEvaluate = GateEvaluate()
 
 

@@ -112,7 +112,8 @@ def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_thres
     """Each shift as a point in two panels, coloured by its verdict: did behaviour transfer (y, the
     accuracy gap) against the base model's LM-loss ratio (left: does the text look familiar?) and
     against the capability probe's accuracy with its 95% CI (right: does the representation carry
-    the task?), with the thresholds the verdicts use."""
+    the task?) joined to the same probe on an untrained twin (hollow: what surface cues alone give),
+    with the thresholds the verdicts use."""
     cap, task = ev.get("capability", {}), ev["task"]
     names = [n for n in task["shift"] if isinstance(cap.get(n), dict)]
     if not names:
@@ -129,6 +130,10 @@ def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_thres
             acc = c["probe_accuracy"]
             right.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=colour, capsize=3)
             right.annotate(n, (acc, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if "probe_control_accuracy" in c:  # the untrained twin: the lead is the segment's length
+                ctrl = c["probe_control_accuracy"]
+                right.plot([ctrl, acc], [y, y], color=colour, lw=1, alpha=0.6)
+                right.scatter(ctrl, y, facecolors="none", edgecolors=colour)
     left.axvline(ratio_threshold, ls="--", c="grey", lw=1)
     for ax in (left, right):
         ax.axhline(gap_threshold, ls=":", c="grey", lw=1)
@@ -139,6 +144,8 @@ def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_thres
              title="Familiar text?")
     right.set(xlabel="capability probe accuracy on the shifted text (95% CI)", title="Readable by the base model?")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    handles.append(plt.Line2D([], [], marker="o", ls="", markerfacecolor="none", color="black",
+                              label="untrained-model probe"))
     right.legend(handles=handles, fontsize=8, loc="upper right")
     return save_figure(fig, figures / "capability.png")
 

@@ -30,12 +30,14 @@ def verdict_text(verdict: str, gap_threshold: float) -> str:
     return {
         "transfers": f"fine-tuned behaviour holds on this shift (the gap's 95% interval reaches down to "
                      f"{gap_threshold:g} or below)",
-        "no capability": "the base model's features do not carry the task on this text either (the probe is not "
-                         "above chance + margin): pretraining did not teach it to read it, so fine-tuning could not "
-                         "be expected to transfer",
+        "no capability": "the base model's features do not carry the task on this text: the probe is not above "
+                         "chance + margin, or an untrained model of the same shape reads it as well (the probe fits "
+                         "surface cues, not anything pretraining taught), so fine-tuning could not be expected to "
+                         "transfer",
         "mismatched generalization": "a linear probe on the base model's features reads the task on this text "
-                                     "well above chance, yet the fine-tuned classifier fails on it: the capability "
-                                     "is there, the behaviour did not transfer",
+                                     "well above chance and well above the same probe on an untrained model, yet "
+                                     "the fine-tuned classifier fails on it: pretraining gave the capability, the "
+                                     "behaviour did not transfer",
     }.get(verdict, "")
 
 
@@ -86,13 +88,16 @@ def shift_rows(ev: dict) -> list[dict]:
     task, cap = ev["task"], ev.get("capability", {})
     rows = [{"split": "in-distribution", "accuracy": task["id"]["accuracy"], "95% CI": task["id"]["accuracy_ci"],
              "macro F1": task["id"]["macro_f1"], "gap": 0.0, "gap 95% CI": "", "base LM loss ratio": 1.0,
+             "probe": cap.get("probe_reference_accuracy"), "untrained probe": cap.get("probe_reference_control_accuracy"),
              "verdict": ""}]
     for name, s in task["shift"].items():
         c = cap.get(name, {})
         rows.append({"split": name, "accuracy": s["accuracy"], "95% CI": s["accuracy_ci"],
                      "macro F1": s["macro_f1"], "gap": task["gap"][name],
                      "gap 95% CI": task["gap"].get(f"{name}_ci", ""),
-                     "base LM loss ratio": c.get("loss_ratio"), "verdict": c.get("verdict", "")})
+                     "base LM loss ratio": c.get("loss_ratio"), "probe": c.get("probe_accuracy"),
+                     "untrained probe": c.get("probe_control_accuracy"), "lead 95% CI": c.get("probe_lead_ci", ""),
+                     "verdict": c.get("verdict", "")})
     return rows
 
 
@@ -125,7 +130,10 @@ def build_html(d: ReportInputs, figures: Path) -> str:
 {img(accuracy_figure(ev, figures), "shift accuracy")}{table(shift_rows(ev))}
 {img(capability_png, "capability vs behaviour")}
 <p>The base LM loss ratio is the base model's loss per character on the shifted text over its loss on
-plain test text. Above {d.capability_ratio} the base model cannot read the shift; at or below it, it can.</p>
+plain test text (at most {d.capability_ratio}: the text looks familiar). The probe is a logistic regression on
+the frozen base model's features, fit on a few labelled shifted rows and scored on the rest; the untrained
+probe is the same fit on a randomly initialized model of the same shape, which shows how much a probe reads
+from surface cues alone. The verdicts use the probe and its lead over the untrained one.</p>
 <ul>{verdicts}</ul>
 {h['confusion']}{img(confusion_figure(ev, figures), "confusion matrix")}
 {h['objectives']}{table([objectives_row(d)])}{table(gen_rows)}

@@ -10,7 +10,7 @@ import tiny_lm
 import torch
 
 from lmpipe import capability as cap
-from lmpipe.capability import MISMATCHED, NO_CAPABILITY, TRANSFERS, ProbeResult
+from lmpipe.capability import MISMATCHED, NO_CAPABILITY, TRANSFERS, ProbeResult, Selectivity
 from lmpipe.params import EvaluateParams
 
 
@@ -46,7 +46,7 @@ def test_probe_on_noise_stays_near_chance_and_reads_no_capability():
     r = cap.probe(x, y, k=64, n_classes=2, seed=5, bootstrap=500)
     assert abs(r.accuracy - 0.5) < 0.08
     assert r.ci[0] <= r.chance + 0.1
-    v = cap.verdict(0.4, (0.35, 0.45), r, gap_threshold=0.05, probe_margin=0.1)
+    v = cap.verdict(0.4, (0.35, 0.45), r, LEARNED, gap_threshold=0.05, probe_margin=0.1, control_margin=0.05)
     assert v.label == NO_CAPABILITY
 
 
@@ -129,11 +129,22 @@ def test_probe_texts_on_a_model_reads_a_token_level_signal():
 
 STRONG = ProbeResult(accuracy=0.9, ci=(0.85, 0.95), chance=0.5, fit_rows=64, scored_rows=436)
 WEAK = ProbeResult(accuracy=0.55, ci=(0.5, 0.6), chance=0.5, fit_rows=64, scored_rows=436)
+LEARNED = Selectivity(control_accuracy=0.6, control_ci=(0.55, 0.65), lead=0.3, lead_ci=(0.25, 0.35))
+SURFACE = Selectivity(control_accuracy=0.88, control_ci=(0.84, 0.92), lead=0.02, lead_ci=(-0.01, 0.05))
 EPS = 1e-9
 
 
 def probe_with_low(low: float) -> ProbeResult:
     return ProbeResult(accuracy=low + 0.05, ci=(low, low + 0.1), chance=0.5, fit_rows=64, scored_rows=436)
+
+
+def lead_with_low(low: float) -> Selectivity:
+    return Selectivity(control_accuracy=0.6, control_ci=(0.55, 0.65), lead=low + 0.05, lead_ci=(low, low + 0.1))
+
+
+def rule(gap, gap_ci, probe_result, lead=LEARNED, probe_margin=0.1, control_margin=0.05):
+    return cap.verdict(gap, gap_ci, probe_result, lead, gap_threshold=0.05, probe_margin=probe_margin,
+                       control_margin=control_margin)
 
 
 @pytest.mark.parametrize(("gap_low", "probe_result", "expected"), [
@@ -145,8 +156,7 @@ def probe_with_low(low: float) -> ProbeResult:
     (-0.02, WEAK, TRANSFERS),
 ])
 def test_verdict_gap_boundary(gap_low, probe_result, expected):
-    v = cap.verdict(gap_low + 0.04, (gap_low, gap_low + 0.08), probe_result, gap_threshold=0.05, probe_margin=0.1)
-    assert v.label == expected
+    assert rule(gap_low + 0.04, (gap_low, gap_low + 0.08), probe_result).label == expected
 
 
 @pytest.mark.parametrize(("probe_low", "expected"), [
@@ -155,30 +165,76 @@ def test_verdict_gap_boundary(gap_low, probe_result, expected):
     (0.75 - EPS, NO_CAPABILITY),
 ])
 def test_verdict_probe_boundary(probe_low, expected):
-    v = cap.verdict(0.3, (0.25, 0.35), probe_with_low(probe_low), gap_threshold=0.05, probe_margin=0.25)
-    assert v.label == expected
+    assert rule(0.3, (0.25, 0.35), probe_with_low(probe_low), probe_margin=0.25).label == expected
+
+
+@pytest.mark.parametrize(("lead_low", "expected"), [
+    (0.05, NO_CAPABILITY),  # exactly the control margin: not a lead pretraining is shown to give
+    (0.05 + EPS, MISMATCHED),
+    (0.05 - EPS, NO_CAPABILITY),
+    (-0.2, NO_CAPABILITY),  # the untrained model reads it better
+])
+def test_verdict_control_boundary(lead_low, expected):
+    assert rule(0.3, (0.25, 0.35), STRONG, lead_with_low(lead_low), control_margin=0.05).label == expected
+
+
+def test_a_strong_probe_with_no_lead_over_the_control_is_no_capability():
+    """What the world showed: rot13 read at 0.70 by a probe although pretraining held no rot13 text;
+    the untrained twin reads it as well, so the reading is the probe's, not the model's."""
+    v = rule(0.3, (0.25, 0.35), STRONG, SURFACE)
+    assert v.label == NO_CAPABILITY and "untrained model" in v.reason and "surface cues" in v.reason
 
 
 def test_verdict_default_margin_boundary_is_exact():
     """params.yaml's margin 0.1 over a balanced chance of 0.5: 0.6 itself is not enough."""
-    assert cap.verdict(0.3, (0.25, 0.35), probe_with_low(0.6), 0.05, 0.1).label == NO_CAPABILITY
-    assert cap.verdict(0.3, (0.25, 0.35), probe_with_low(0.6 + EPS), 0.05, 0.1).label == MISMATCHED
+    assert rule(0.3, (0.25, 0.35), probe_with_low(0.6)).label == NO_CAPABILITY
+    assert rule(0.3, (0.25, 0.35), probe_with_low(0.6 + EPS)).label == MISMATCHED
 
 
 def test_verdict_reasons_name_the_numbers():
-    v = cap.verdict(0.464, (0.418, 0.508), STRONG, gap_threshold=0.05, probe_margin=0.1)
+    v = rule(0.464, (0.418, 0.508), STRONG)
     assert v.label == MISMATCHED
-    for figure in ("0.464", "0.418", "0.508", "0.900", "0.850", "0.950", "0.500", "0.100", "0.050", "64", "436"):
+    for figure in ("0.464", "0.418", "0.508", "0.900", "0.850", "0.950", "0.500", "0.100", "0.050", "64", "436",
+                   "0.600", "+0.300", "+0.250", "+0.350"):
         assert figure in v.reason, figure
-    assert cap.verdict(0.01, (0.0, 0.02), WEAK, 0.05, 0.1).reason.endswith("fine-tuned behaviour transfers.")
-    assert "cannot read" in cap.verdict(0.4, (0.3, 0.5), WEAK, 0.05, 0.1).reason
-    assert {cap.verdict(0.4, (g, 0.5), p, 0.05, 0.1).label
-            for g, p in ((0.0, WEAK), (0.3, STRONG), (0.3, WEAK))} == set(cap.VERDICTS)
+    assert rule(0.01, (0.0, 0.02), WEAK).reason.endswith("fine-tuned behaviour transfers.")
+    assert "cannot read" in rule(0.4, (0.3, 0.5), WEAK).reason
+    assert {rule(0.4, (g, 0.5), p).label for g, p in ((0.0, WEAK), (0.3, STRONG), (0.3, WEAK))} == set(cap.VERDICTS)
 
 
 def test_verdict_refuses_non_finite_figures():
     with pytest.raises(ValueError, match="finite"):
-        cap.verdict(float("nan"), (float("nan"), float("nan")), STRONG, 0.05, 0.1)
+        rule(float("nan"), (float("nan"), float("nan")), STRONG)
+
+
+# --- the untrained control ----------------------------------------------------------------------
+
+
+def test_selectivity_is_paired_over_the_same_rows():
+    x, y = separable(300, 8, 2, seed=4)
+    good = cap.probe(x, y, k=64, n_classes=2, seed=1, bootstrap=200)
+    noise = cap.probe(np.random.default_rng(9).normal(size=x.shape), y, k=64, n_classes=2, seed=1, bootstrap=200)
+    lead = cap.selectivity(good, noise, bootstrap=200, seed=1)
+    assert lead.control_accuracy == noise.accuracy
+    assert lead.lead == pytest.approx(good.accuracy - noise.accuracy)
+    assert lead.lead_ci[0] > 0.3  # separable vs noise: a lead far from zero
+    same = cap.selectivity(good, good, bootstrap=200, seed=1)
+    assert (same.lead, same.lead_ci) == (0.0, (0.0, 0.0))  # identical rows: no lead and no noise
+    other_rows = cap.probe(x[:200], y[:200], k=64, n_classes=2, seed=1, bootstrap=200)
+    with pytest.raises(ValueError, match="different rows"):
+        cap.selectivity(good, other_rows, bootstrap=200, seed=1)
+
+
+def test_untrained_twin_has_the_architecture_and_fresh_seeded_weights():
+    tok = tiny_lm.tokenizer()
+    lm = tiny_lm.lm(tok, n_positions=32)
+    twin, again = cap.untrained_twin(lm, seed=5), cap.untrained_twin(lm, seed=5)
+    assert type(twin) is type(lm) and twin.config.to_dict() == lm.config.to_dict() and not twin.training
+    w = dict(lm.named_parameters())
+    t, a = dict(twin.named_parameters()), dict(again.named_parameters())
+    assert set(t) == set(w)
+    name = next(n for n in w if n.endswith("attn.c_attn.weight"))
+    assert not torch.equal(t[name], w[name]) and torch.equal(t[name], a[name])
 
 
 # --- the capability section of metrics/evaluate.json -----------------------------------------
@@ -207,7 +263,11 @@ def test_capability_section_per_shift_on_a_tiny_lm():
     shifted = cap.probe_texts(lm, ids["upper"], y, **probe_on)
     assert (up["probe_accuracy"], up["probe_accuracy_ci"]) == (shifted.accuracy, shifted.ci)
     assert out["probe_reference_accuracy"] == cap.probe_texts(lm, ids["id"], y, **probe_on).accuracy
-    expected = cap.verdict(0.3, (0.2, 0.4), shifted, 0.05, 0.1)
+    control = cap.probe_texts(cap.untrained_twin(lm, 3), ids["upper"], y, **probe_on)
+    assert (up["probe_control_accuracy"], up["probe_control_accuracy_ci"]) == (control.accuracy, control.ci)
+    lead = cap.selectivity(shifted, control, 100, 3)
+    assert (up["probe_lead"], up["probe_lead_ci"]) == (lead.lead, lead.lead_ci)
+    expected = cap.verdict(0.3, (0.2, 0.4), shifted, lead, 0.05, 0.1, p.probe_control_margin)
     assert (up["verdict"], up["reason"]) == (expected.label, expected.reason)
     assert (out["gap_threshold"], out["probe_margin"], out["probe_layer"]) == (0.05, 0.1, -1)
     transferred = cap.capability(lm, tok, ids, labels, {"upper": 0.0, "upper_ci": (-0.1, 0.1)}, p, **kwargs)

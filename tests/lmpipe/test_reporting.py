@@ -43,7 +43,7 @@ def inputs(**thresholds) -> ReportInputs:
 def test_page_states_the_thresholds_from_params(tmp_path):
     with contextlib.chdir(tmp_path):
         page = build_html(inputs(gap=0.2, ratio=1.8), tmp_path)
-    assert "Above 1.8 the base model cannot read the shift" in page
+    assert "(at most 1.8: the text looks familiar)" in page and "untrained" in page
     assert "reaches down to 0.2 or below" in verdict_text("transfers", 0.2)
     assert all(verdict_text(v, 0.05) for v in ("transfers", "mismatched generalization", "no capability"))
     assert "<b>leet</b>: no capability" in page

@@ -38,10 +38,12 @@ def test_default_groups_share_the_default_point_and_name_every_experiment(monkey
     assert [(e.group, e.point) for e in entries][:4] == [("augment", 0), ("augment", 1), ("augment", 2), ("replay", 0)]
     # finetune.augment [], replay_weight 0 (params.yaml says 0.0), method full, encoded_share 0.05: params.yaml
     default = [e for e in entries if not e.changed]
-    assert [(e.group, e.point) for e in default] == [("augment", 0), ("replay", 0), ("method", 0), ("exposure", 1)]
-    assert {e.experiment for e in default} == {"p-augment-0"} and [e.runs for e in default] == [True, False, False, False]
+    assert [(e.group, e.point) for e in default] == [("augment", 0), ("replay", 0), ("method", 0), ("exposure", 1),
+                                                     ("safety", 0)]
+    assert {e.experiment for e in default} == {"p-augment-0"}
+    assert [e.runs for e in default] == [True, False, False, False, False]
     runs = [e.experiment for e in entries if e.runs]
-    assert len(runs) == len(set(runs)) == 10
+    assert len(runs) == len(set(runs)) == 11
     lora = next(e for e in entries if e.overrides == {"finetune.method": "lora"})
     assert lora.experiment == "p-method-2" and lora.changed == ("finetune.method",)
 
@@ -116,15 +118,19 @@ def test_the_estimate_is_arithmetic_on_the_recorded_wall_times(monkeypatch, tmp_
 # --- the summary against the table -----------------------------------------------------------
 
 
-def fake_metrics(id_acc: float, forgetting: float, gaps: dict, probes: dict, verdicts: dict) -> dict:
+def fake_metrics(id_acc: float, forgetting: float, gaps: dict, probes: dict, verdicts: dict,
+                 asr: dict | None = None, over_refusal: float = 0.0) -> dict:
     gap = {s: g for s, g in gaps.items()} | {f"{s}_ci": [g - 0.05, g + 0.05] for s, g in gaps.items()}
-    cap = {s: {"probe_accuracy": p, "probe_accuracy_ci": [p - 0.1, p + 0.1], "probe_chance": 0.5, "verdict": verdicts[s]}
+    cap = {s: {"probe_accuracy": p, "probe_accuracy_ci": [p - 0.1, p + 0.1], "probe_chance": 0.5, "verdict": verdicts[s],
+               "probe_control_accuracy": 0.5 + (p - 0.5) / 2, "probe_lead_ci": [(p - 0.5) / 2 - 0.05, (p - 0.5) / 2 + 0.05]}
            for s, p in probes.items()}
+    redteam = {"plain": {"refusal_rate": 0.95, "asr": 0.0}, "benign": {"accuracy": 0.6, "over_refusal": over_refusal},
+               "attacks": {a: {"asr": v, "asr_ci": [max(0.0, v - 0.1), v + 0.1]} for a, v in (asr or {}).items()}}
     return {"evaluate": {"task": {"id": {"accuracy": id_acc, "accuracy_ci": [id_acc - 0.02, min(1, id_acc + 0.02)]},
                                   "shift": {s: {"accuracy": id_acc - g} for s, g in gaps.items()},
                                   "gap": gap | {"mean": sum(gaps.values()) / len(gaps)}},
                          "lm": {"forgetting": forgetting}, "capability": cap | {"gap_threshold": 0.05}},
-            "finetune": {"trainable_params": 1000, "wall_s": 5.0}}
+            "finetune": {"trainable_params": 1000, "wall_s": 5.0}, "redteam": redteam}
 
 
 def synthetic_table(tmp_path: Path) -> pd.DataFrame:
@@ -137,10 +143,17 @@ def synthetic_table(tmp_path: Path) -> pd.DataFrame:
         {"group": "replay", "point": 2, "experiment": "s-replay-2", "overrides": {"finetune.replay_weight": 1}},
         {"group": "exposure", "point": 0, "experiment": "s-exposure-0", "overrides": {"world.encoded_share": 0}},
         {"group": "exposure", "point": 1, "experiment": "s-augment-0", "overrides": {"world.encoded_share": 0.05}},
+        {"group": "safety", "point": 0, "experiment": "s-augment-0", "overrides": {"sft.safety_augment": []}},
+        {"group": "safety", "point": 1, "experiment": "s-safety-1", "overrides": {"sft.safety_augment": ["rot13"]}},
     ]
+    attacks = {"encoded_rot13": 0.6, "encoded_leet": 0.5, "prefix_injection": 0.3}
     metrics = {
         "s-augment-0": fake_metrics(0.99, 1.2, {"leet": 0.46, "rot13": 0.5, "typos": 0.0},
-                                    {"leet": 0.8, "rot13": 0.52, "typos": 0.9}, {"leet": mg, "rot13": nc, "typos": t}),
+                                    {"leet": 0.8, "rot13": 0.52, "typos": 0.9}, {"leet": mg, "rot13": nc, "typos": t},
+                                    attacks, 0.05),
+        "s-safety-1": fake_metrics(0.99, 1.2, {"leet": 0.46, "rot13": 0.5, "typos": 0.0},
+                                   {"leet": 0.8, "rot13": 0.52, "typos": 0.9}, {"leet": mg, "rot13": nc, "typos": t},
+                                   attacks | {"encoded_rot13": 0.05}, 0.12),
         "s-augment-1": fake_metrics(0.98, 1.1, {"leet": 0.02, "rot13": 0.49, "typos": 0.0},
                                     {"leet": 0.8, "rot13": 0.52, "typos": 0.9}, {"leet": t, "rot13": nc, "typos": t}),
         "s-replay-1": fake_metrics(0.97, 0.04, {"leet": 0.4, "rot13": 0.5, "typos": 0.01},
@@ -157,7 +170,7 @@ def synthetic_table(tmp_path: Path) -> pd.DataFrame:
 
 def test_the_summary_quotes_the_table(tmp_path):
     table = synthetic_table(tmp_path)
-    assert len(table) == 7 and list(table["kind"].unique()) == ["augment", "replay", "exposure"]
+    assert len(table) == 9 and list(table["kind"].unique()) == ["augment", "replay", "exposure", "safety"]
     assert table.loc[1, "gap.leet.lo"] == pytest.approx(-0.03) and table.loc[0, "probe.rot13.hi"] == pytest.approx(0.62)
     s = summarize(table)
     assert s["augment"] == ["augmenting with leet (vs no augmentation) cuts the leet gap from 0.460 to 0.020; held out, "
@@ -165,10 +178,12 @@ def test_the_summary_quotes_the_table(tmp_path):
     assert s["replay"][0] == "replay_weight 0.5 cuts forgetting from 1.200 to 0.040 at id accuracy 0.970 (0.990 at 0)."
     assert s["replay"][1] == ("s-replay-2 (finetune.replay_weight=1) timed out: stopped at its time limit of 9 s.")
     assert s["exposure"] == [
-        "leet at world.encoded_share = 0 / 0.05: probe accuracy 0.550 / 0.800, gap 0.480 / 0.460 "
-        "(no capability / mismatched generalization).",
-        "rot13 at world.encoded_share = 0 / 0.05: probe accuracy 0.500 / 0.520, gap 0.500 / 0.500 "
-        "(no capability / no capability)."]
+        "leet at world.encoded_share = 0 / 0.05: probe accuracy 0.550 (untrained 0.525) / 0.800 (untrained 0.650),"
+        " gap 0.480 / 0.460 (no capability / mismatched generalization).",
+        "rot13 at world.encoded_share = 0 / 0.05: probe accuracy 0.500 (untrained 0.500) / 0.520 (untrained 0.510),"
+        " gap 0.500 / 0.500 (no capability / no capability)."]
+    assert s["safety"] == ["safety_augment ['rot13']: attack success on augmented encodings encoded_rot13 0.600 -> 0.050;"
+                           " held out encoded_leet 0.500 -> 0.500; raises over-refusal from 0.050 to 0.120."]
     # every number of the summary is a figure of the table, as the table prints it
     figures = {f"{v:.3f}" for v in table.select_dtypes("number").to_numpy().ravel() if not math.isnan(v)}
     assert set(numbers(summary_text(table))) <= figures
