@@ -20,6 +20,14 @@ Two signals, then one verdict per shift:
   so a probe on random features of rot13 reviews scores well above chance although nothing was
   ever learned about rot13. Only the base probe's lead over the control (paired over the scored
   rows: the selectivity) is capability that pretraining put there.
+- The transfer probe: fit on plain rows, scored on the shifted ones. It reads the task on shifted
+  text only where the base model represents that text as it represents the plain text, i.e. reads
+  it as the same content; an untrained model does so only where the two share tokens (typos,
+  near-copies). Measured on the default world, a probe fit on shifted rows reads every encoding
+  about as well from an untrained model as from the base model (consistent substitutions keep
+  their bag-of-tokens signal), while the transfer probe separates them: lexicon B, which
+  pretraining puts in lexicon A's contexts, transfers from the base model and not from the
+  untrained one.
 
 A fine-tuned classifier that fails on a shift the probe reads shows mismatched generalization
 (Wei et al., 2023): the capability was there, the fine-tuned behaviour did not reach it.
@@ -201,21 +209,41 @@ def probe_mixed(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_la
                        fit_rows=len(fit_p) + len(fit_s), scored_rows=len(scored), correct=correct)
 
 
+def probe_transfer(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_labels, k: int, n_classes: int,
+                   seed: int, bootstrap: int) -> ProbeResult:
+    """The transfer probe: fit on `k` rows of the *plain* split, score on the shifted split's other
+    rows (the same rows `probe` scores). It asks whether the base model represents the shifted text
+    where it represents the plain text, i.e. whether it reads the shift as the same content, which
+    a probe fit on shifted rows cannot tell (it can learn any consistent encoding's surface from
+    its k examples). For row-aligned shifts the fit rows' shifted twins are not scored."""
+    plain_labels, shifted_labels = (np.asarray(v, dtype=np.int64) for v in (plain_labels, shifted_labels))
+    fit, _ = split_rows(len(plain_labels), k, seed)
+    _, scored = split_rows(len(shifted_labels), k, seed)
+    model = fit_softmax_regression(plain[fit], plain_labels[fit], n_classes)
+    correct = predict_softmax_regression(model, shifted[scored]) == shifted_labels[scored]
+    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
+                       chance=chance_level(shifted_labels[scored], n_classes),
+                       fit_rows=len(fit), scored_rows=len(scored), correct=correct)
+
+
 def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult, lead: Selectivity,
-            gap_threshold: float, probe_margin: float, control_margin: float) -> Verdict:
+            gap_threshold: float, probe_margin: float, control_margin: float,
+            transfer: tuple[ProbeResult, Selectivity] | None = None) -> Verdict:
     """Per shift, in this order:
 
     - `transfers`: the fine-tuned classifier's accuracy gap (id − shift) has a 95% interval whose
       low end is at most `gap_threshold`, i.e. a gap that small is not ruled out;
     - `mismatched generalization`: the gap is significant, yet the base model reads the task on
-      this text: the probe's interval lies wholly above chance + `probe_margin` AND its lead over
-      the untrained control has an interval wholly above `control_margin` (the reading comes from
-      pretraining, not from the probe fitting surface cues);
-    - `no capability`: the gap is significant and either condition fails.
+      this text: a probe (fit on shifted rows, or the transfer probe fit on plain rows) has an
+      interval wholly above chance + `probe_margin` AND a lead over the same probe on an untrained
+      twin whose interval lies wholly above `control_margin` (the reading comes from pretraining,
+      not from the probe fitting surface cues);
+    - `no capability`: the gap is significant and no probe passes both bars.
 
     Every comparison is exact: a gap CI low end equal to the threshold transfers, a probe or lead
     CI low end equal to its bar is not enough."""
-    values = (gap, *gap_ci, probe_result.accuracy, *probe_result.ci, probe_result.chance, lead.lead, *lead.lead_ci)
+    readings = [("probe", probe_result, lead)] + ([("transfer probe", *transfer)] if transfer else [])
+    values = (gap, *gap_ci) + tuple(v for _, r, s in readings for v in (r.accuracy, *r.ci, r.chance, s.lead, *s.lead_ci))
     if not all(np.isfinite(v) for v in values):
         raise ValueError(f"verdict needs finite gap and probe figures, got {values}")
     lo, hi = gap_ci
@@ -223,24 +251,25 @@ def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult, 
     if lo <= gap_threshold:
         return Verdict(TRANSFERS, f"The {gap_text} does not exclude gaps of at most {gap_threshold:.3f}:"
                                   " fine-tuned behaviour transfers.")
-    p_lo, p_hi = probe_result.ci
-    l_lo, l_hi = lead.lead_ci
-    probe_text = (f"base-model probe accuracy {probe_result.accuracy:.3f} (95% CI {p_lo:.3f} to {p_hi:.3f},"
-                  f" fit on {probe_result.fit_rows} rows, scored on {probe_result.scored_rows};"
-                  f" chance {probe_result.chance:.3f} + margin {probe_margin:.3f})")
-    lead_text = (f"its lead over an untrained model's probe ({lead.control_accuracy:.3f}) is {lead.lead:+.3f}"
-                 f" (95% CI {l_lo:+.3f} to {l_hi:+.3f}; needs above {control_margin:.3f})")
-    reads = p_lo > probe_result.chance + probe_margin
-    learned = l_lo > control_margin
-    if reads and learned:
-        return Verdict(MISMATCHED, f"The {gap_text} exceeds {gap_threshold:.3f}, yet the {probe_text} is above"
-                                   f" its bar and {lead_text}: the base model reads the task here from what"
-                                   " pretraining taught it, fine-tuned behaviour did not transfer.")
-    why = ("the probe is not above its bar" if not reads else
-           "the probe's reading is no better than an untrained model's: the probe fits surface cues, not"
+    texts, passed, weak = [], [], []
+    for name, r, s in readings:
+        (p_lo, p_hi), (l_lo, l_hi) = r.ci, s.lead_ci
+        texts.append(f"the base-model {name} reads {r.accuracy:.3f} (95% CI {p_lo:.3f} to {p_hi:.3f}, fit on"
+                     f" {r.fit_rows} rows, scored on {r.scored_rows}; chance {r.chance:.3f} + margin {probe_margin:.3f}),"
+                     f" {s.lead:+.3f} over an untrained model's ({s.control_accuracy:.3f}; 95% CI {l_lo:+.3f} to"
+                     f" {l_hi:+.3f}, needs above {control_margin:.3f})")
+        reads = p_lo > r.chance + probe_margin
+        (passed if reads and l_lo > control_margin else weak if reads else []).append(name)
+    detail = "; ".join(texts)
+    if passed:
+        return Verdict(MISMATCHED, f"The {gap_text} exceeds {gap_threshold:.3f}, yet {detail}: the {passed[0]} shows"
+                                   " the base model reads the task here from what pretraining taught it,"
+                                   " fine-tuned behaviour did not transfer.")
+    why = ("no probe is above its bar" if not weak else
+           f"the {weak[0]}'s reading is no better than an untrained model's: it fits surface cues, not"
            " something pretraining taught")
-    return Verdict(NO_CAPABILITY, f"The {gap_text} exceeds {gap_threshold:.3f}; the {probe_text} and {lead_text}:"
-                                  f" {why}, so the base model cannot read the task on this text.")
+    return Verdict(NO_CAPABILITY, f"The {gap_text} exceeds {gap_threshold:.3f}; {detail}: {why}, so the base"
+                                  " model cannot read the task on this text.")
 
 
 # --- the capability section of metrics/evaluate.json -------------------------------------------
@@ -263,8 +292,8 @@ def loss_ratios(base, tokenizer, ids: dict[str, list[list[int]]], p: EvaluatePar
 
 def capability(base, tokenizer, ids: dict[str, list[list[int]]], labels: dict[str, np.ndarray], gap: dict,
                p: EvaluateParams, *, seed: int, max_length: int, n_classes: int, device) -> dict:
-    """Per shift: the LM-loss ratio, the probe with its interval, its untrained control and the
-    lead over it, and the verdict with its reason; `ids` and `labels` hold "id" (the plain test
+    """Per shift: the LM-loss ratio, the probe and the transfer probe, each with its interval, its
+    untrained control and the lead over it, and the verdict with its reason; `ids` and `labels` hold "id" (the plain test
     split, the probe's reference) and every shift, `gap` is the task section's gaps.
 
     The probe reads the same `max_length` tokens the classifier reads: the verdict compares the
@@ -291,6 +320,11 @@ def capability(base, tokenizer, ids: dict[str, list[list[int]]], labels: dict[st
                 results.append(probe(f[name], labels[name], p.probe_k, n_classes, seed, p.bootstrap))
         return results[0], selectivity(results[0], results[1], p.bootstrap, seed)
 
+    def transfer_pair(name: str) -> tuple[ProbeResult, Selectivity]:
+        base_r, ctrl_r = (probe_transfer(feats[w]["id"], labels["id"], feats[w][name], labels[name], p.probe_k,
+                                         n_classes, seed, p.bootstrap) for w in ("base", "control"))
+        return base_r, selectivity(base_r, ctrl_r, p.bootstrap, seed)
+
     reference, ref_lead = probe_pair("id")
     out |= {"gap_threshold": p.gap_threshold, "probe_margin": p.probe_margin,
             "probe_control_margin": p.probe_control_margin, "probe_layer": p.probe_layer,
@@ -299,12 +333,16 @@ def capability(base, tokenizer, ids: dict[str, list[list[int]]], labels: dict[st
             "probe_reference_lead": ref_lead.lead, "probe_reference_lead_ci": ref_lead.lead_ci}
     for name in (n for n in ids if n != "id"):
         result, lead = probe_pair(name)
+        moved, moved_lead = transfer_pair(name)
         v = verdict(gap[name], gap[f"{name}_ci"], result, lead, p.gap_threshold, p.probe_margin,
-                    p.probe_control_margin)
+                    p.probe_control_margin, transfer=(moved, moved_lead))
         out[name] |= {"probe_accuracy": result.accuracy, "probe_accuracy_ci": result.ci,
                       "probe_chance": result.chance, "probe_fit_rows": result.fit_rows,
                       "probe_scored_rows": result.scored_rows, "probe_reference_accuracy": reference.accuracy,
                       "probe_control_accuracy": lead.control_accuracy, "probe_control_accuracy_ci": lead.control_ci,
                       "probe_lead": lead.lead, "probe_lead_ci": lead.lead_ci,
+                      "transfer_accuracy": moved.accuracy, "transfer_accuracy_ci": moved.ci,
+                      "transfer_control_accuracy": moved_lead.control_accuracy, "transfer_lead": moved_lead.lead,
+                      "transfer_lead_ci": moved_lead.lead_ci,
                       "verdict": v.label, "reason": v.reason}
     return out

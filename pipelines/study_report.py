@@ -46,7 +46,7 @@ METRICS = [("id_accuracy", "evaluate", "task.id.accuracy"), ("forgetting", "eval
            ("ft_wall_s", "finetune", "wall_s"), ("gap_threshold", "evaluate", "capability.gap_threshold"),
            ("plain_refusal", "redteam", "plain.refusal_rate"), ("plain_asr", "redteam", "plain.asr"),
            ("over_refusal", "redteam", "benign.over_refusal"), ("benign_accuracy", "redteam", "benign.accuracy")]
-PER_SHIFT = ("gap.", "probe.", "control.", "lead.", "chance.", "verdict.", "asr.")
+PER_SHIFT = ("gap.", "probe.", "control.", "lead.", "transfer.", "tcontrol.", "chance.", "verdict.", "asr.")
 
 
 def kind_of(points: list[dict]) -> str:
@@ -89,6 +89,8 @@ def metric_columns(metrics: dict[str, dict]) -> dict:
         row[f"probe.{s}.lo"], row[f"probe.{s}.hi"] = _ci(cap.get("probe_accuracy_ci"))
         row[f"control.{s}"] = _num(cap.get("probe_control_accuracy"))
         row[f"lead.{s}.lo"], row[f"lead.{s}.hi"] = _ci(cap.get("probe_lead_ci"))
+        row[f"transfer.{s}"] = _num(cap.get("transfer_accuracy"))
+        row[f"tcontrol.{s}"] = _num(cap.get("transfer_control_accuracy"))
         row[f"chance.{s}"] = _num(cap.get("probe_chance"))
         row[f"verdict.{s}"] = cap.get("verdict") or ""
     for name, attack in sorted((get_dotted(metrics.get("redteam") or {}, "attacks") or {}).items()):
@@ -116,7 +118,8 @@ def build_table(entries: list[dict], outcomes: dict[str, dict], metrics: dict[st
     head = [c for c in table.columns if not c.startswith(PER_SHIFT)]
     shifts = sorted({c.split(".")[1] for c in table.columns if c.startswith("gap.")})
     per_shift = [f"{p}.{s}{x}" for s in shifts for p, xs in (("gap", ("", ".lo", ".hi")),
-                 ("probe", ("", ".lo", ".hi")), ("control", ("",)), ("lead", (".lo", ".hi")), ("chance", ("",)),
+                 ("probe", ("", ".lo", ".hi")), ("control", ("",)), ("lead", (".lo", ".hi")), ("transfer", ("",)),
+                 ("tcontrol", ("",)), ("chance", ("",)),
                  ("verdict", ("",))) for x in xs]
     attacks = [c for c in table.columns if c.startswith("asr.")]
     return table[head + [c for c in per_shift if c in table.columns] + attacks]
@@ -201,10 +204,13 @@ def _exposure(rows: pd.DataFrame, shifts: list[str]) -> list[str]:
         verdicts = [str(v) for v in ok[f"verdict.{s}"].fillna("")]
         if all(v == "transfers" for v in verdicts):
             continue
-        controls = ok[f"control.{s}"] if f"control.{s}" in ok else [math.nan] * len(ok)
-        probes = " / ".join(f"{f3(v)} (untrained {f3(c)})" for v, c in zip(ok[f"probe.{s}"], controls))
+        def col(name: str):
+            return ok[name] if name in ok else [math.nan] * len(ok)
+
+        probes = " / ".join(f"{f3(v)} (untrained {f3(c)})" for v, c in zip(ok[f"probe.{s}"], col(f"control.{s}")))
+        moved = " / ".join(f"{f3(v)} (untrained {f3(c)})" for v, c in zip(col(f"transfer.{s}"), col(f"tcontrol.{s}")))
         gaps = " / ".join(f3(v) for v in ok[f"gap.{s}"])
-        out.append(f"{s} at {', '.join(keys)} = {values}: probe accuracy {probes}, gap {gaps}"
+        out.append(f"{s} at {', '.join(keys)} = {values}: probe accuracy {probes}, transfer probe {moved}, gap {gaps}"
                    + (f" ({' / '.join(v or 'n/a' for v in verdicts)})." if any(verdicts) else "."))
     return out
 

@@ -115,7 +115,8 @@ def print_summary(ev: Evaluation, seconds: float) -> None:
         cap = ev.capability[name]
         print(f"[evaluate] {name}: gap {task['gap'][name]:+.3f}, base loss ratio {cap['loss_ratio']:.2f},"
               f" probe {cap['probe_accuracy']:.3f} (plain {cap['probe_reference_accuracy']:.3f},"
-              f" untrained {cap['probe_control_accuracy']:.3f})"
+              f" untrained {cap['probe_control_accuracy']:.3f}), transfer {cap['transfer_accuracy']:.3f}"
+              f" (untrained {cap['transfer_control_accuracy']:.3f})"
               f" -> {cap['verdict']}", flush=True)
     print(f"[evaluate] confusion matrix (rows actual {ev.labels}):\n{np.array(task['id']['confusion'])}", flush=True)
 

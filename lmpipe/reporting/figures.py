@@ -134,6 +134,8 @@ def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_thres
                 ctrl = c["probe_control_accuracy"]
                 right.plot([ctrl, acc], [y, y], color=colour, lw=1, alpha=0.6)
                 right.scatter(ctrl, y, facecolors="none", edgecolors=colour)
+            if "transfer_accuracy" in c:  # fit on plain rows: does the base model read it as plain text?
+                right.scatter(c["transfer_accuracy"], y, marker="s", color=colour)
     left.axvline(ratio_threshold, ls="--", c="grey", lw=1)
     for ax in (left, right):
         ax.axhline(gap_threshold, ls=":", c="grey", lw=1)
@@ -146,6 +148,7 @@ def capability_figure(ev: dict, figures: Path, gap_threshold: float, ratio_thres
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
     handles.append(plt.Line2D([], [], marker="o", ls="", markerfacecolor="none", color="black",
                               label="untrained-model probe"))
+    handles.append(plt.Line2D([], [], marker="s", ls="", color="black", label="transfer probe (fit on plain)"))
     right.legend(handles=handles, fontsize=8, loc="upper right")
     return save_figure(fig, figures / "capability.png")
 

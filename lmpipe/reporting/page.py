@@ -97,6 +97,7 @@ def shift_rows(ev: dict) -> list[dict]:
                      "gap 95% CI": task["gap"].get(f"{name}_ci", ""),
                      "base LM loss ratio": c.get("loss_ratio"), "probe": c.get("probe_accuracy"),
                      "untrained probe": c.get("probe_control_accuracy"), "lead 95% CI": c.get("probe_lead_ci", ""),
+                     "transfer probe": c.get("transfer_accuracy"), "untrained transfer": c.get("transfer_control_accuracy"),
                      "verdict": c.get("verdict", "")})
     return rows
 
@@ -133,7 +134,9 @@ def build_html(d: ReportInputs, figures: Path) -> str:
 plain test text (at most {d.capability_ratio}: the text looks familiar). The probe is a logistic regression on
 the frozen base model's features, fit on a few labelled shifted rows and scored on the rest; the untrained
 probe is the same fit on a randomly initialized model of the same shape, which shows how much a probe reads
-from surface cues alone. The verdicts use the probe and its lead over the untrained one.</p>
+from surface cues alone. The transfer probe is fit on plain rows and scored on shifted ones: it reads the shift
+only where the base model represents it as the plain text. A verdict of mismatched generalization needs one of
+the two probes above chance + margin and ahead of its untrained twin.</p>
 <ul>{verdicts}</ul>
 {h['confusion']}{img(confusion_figure(ev, figures), "confusion matrix")}
 {h['objectives']}{table([objectives_row(d)])}{table(gen_rows)}

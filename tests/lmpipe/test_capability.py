@@ -185,6 +185,30 @@ def test_a_strong_probe_with_no_lead_over_the_control_is_no_capability():
     assert v.label == NO_CAPABILITY and "untrained model" in v.reason and "surface cues" in v.reason
 
 
+def test_the_transfer_probe_alone_can_show_the_capability():
+    """A weak shifted-row probe, but a readout fit on plain rows carries over with a lead over the
+    untrained twin: the base model reads the shift as the plain text."""
+    v = rule(0.3, (0.25, 0.35), WEAK, SURFACE)
+    assert v.label == NO_CAPABILITY and "no probe is above its bar" in v.reason
+    moved = cap.verdict(0.3, (0.25, 0.35), WEAK, SURFACE, 0.05, 0.1, 0.05, transfer=(STRONG, LEARNED))
+    assert moved.label == MISMATCHED and "the transfer probe shows" in moved.reason
+    surface = cap.verdict(0.3, (0.25, 0.35), WEAK, SURFACE, 0.05, 0.1, 0.05, transfer=(STRONG, SURFACE))
+    assert surface.label == NO_CAPABILITY and "transfer probe's reading is no better" in surface.reason
+
+
+def test_transfer_probe_reads_only_what_plain_and_shifted_share():
+    x, y = separable(300, 8, 2, seed=6)
+    aligned = x + 0.1 * np.random.default_rng(1).normal(size=x.shape)  # the same directions: read as plain
+    permuted = np.random.default_rng(3).normal(size=x.shape)
+    permuted[np.arange(len(y)), y + 4] += 6.0  # the signal on other features: learnable, not the plain readout
+    same = cap.probe_transfer(x, y, aligned, y, k=64, n_classes=2, seed=2, bootstrap=200)
+    other = cap.probe_transfer(x, y, permuted, y, k=64, n_classes=2, seed=2, bootstrap=200)
+    assert same.accuracy > 0.95 and other.ci[0] < 0.6
+    assert cap.probe(permuted, y, k=64, n_classes=2, seed=2, bootstrap=200).accuracy > 0.95
+    # scored on the rows `probe` scores, so the two compare row by row
+    assert same.scored_rows == cap.probe(aligned, y, k=64, n_classes=2, seed=2, bootstrap=200).scored_rows
+
+
 def test_verdict_default_margin_boundary_is_exact():
     """params.yaml's margin 0.1 over a balanced chance of 0.5: 0.6 itself is not enough."""
     assert rule(0.3, (0.25, 0.35), probe_with_low(0.6)).label == NO_CAPABILITY
@@ -267,7 +291,13 @@ def test_capability_section_per_shift_on_a_tiny_lm():
     assert (up["probe_control_accuracy"], up["probe_control_accuracy_ci"]) == (control.accuracy, control.ci)
     lead = cap.selectivity(shifted, control, 100, 3)
     assert (up["probe_lead"], up["probe_lead_ci"]) == (lead.lead, lead.lead_ci)
-    expected = cap.verdict(0.3, (0.2, 0.4), shifted, lead, 0.05, 0.1, p.probe_control_margin)
+    # the transfer probe: plain fit rows, shifted scored rows, on both models
+    feats = {m: {n: cap.pooled_features(model, ids[n], -1, p.batch_size, 24, tok.pad_token_id, torch.device("cpu"))
+                 for n in ("id", "upper")} for m, model in (("base", lm), ("control", cap.untrained_twin(lm, 3)))}
+    moved = [cap.probe_transfer(feats[m]["id"], y, feats[m]["upper"], y, 16, 2, 3, 100) for m in ("base", "control")]
+    assert (up["transfer_accuracy"], up["transfer_control_accuracy"]) == (moved[0].accuracy, moved[1].accuracy)
+    transfer = (moved[0], cap.selectivity(moved[0], moved[1], 100, 3))
+    expected = cap.verdict(0.3, (0.2, 0.4), shifted, lead, 0.05, 0.1, p.probe_control_margin, transfer=transfer)
     assert (up["verdict"], up["reason"]) == (expected.label, expected.reason)
     assert (out["gap_threshold"], out["probe_margin"], out["probe_layer"]) == (0.05, 0.1, -1)
     transferred = cap.capability(lm, tok, ids, labels, {"upper": 0.0, "upper_ci": (-0.1, 0.1)}, p, **kwargs)

@@ -122,7 +122,8 @@ def fake_metrics(id_acc: float, forgetting: float, gaps: dict, probes: dict, ver
                  asr: dict | None = None, over_refusal: float = 0.0) -> dict:
     gap = {s: g for s, g in gaps.items()} | {f"{s}_ci": [g - 0.05, g + 0.05] for s, g in gaps.items()}
     cap = {s: {"probe_accuracy": p, "probe_accuracy_ci": [p - 0.1, p + 0.1], "probe_chance": 0.5, "verdict": verdicts[s],
-               "probe_control_accuracy": 0.5 + (p - 0.5) / 2, "probe_lead_ci": [(p - 0.5) / 2 - 0.05, (p - 0.5) / 2 + 0.05]}
+               "probe_control_accuracy": 0.5 + (p - 0.5) / 2, "probe_lead_ci": [(p - 0.5) / 2 - 0.05, (p - 0.5) / 2 + 0.05],
+               "transfer_accuracy": p - 0.1, "transfer_control_accuracy": 0.5}
            for s, p in probes.items()}
     redteam = {"plain": {"refusal_rate": 0.95, "asr": 0.0}, "benign": {"accuracy": 0.6, "over_refusal": over_refusal},
                "attacks": {a: {"asr": v, "asr_ci": [max(0.0, v - 0.1), v + 0.1]} for a, v in (asr or {}).items()}}
@@ -179,9 +180,11 @@ def test_the_summary_quotes_the_table(tmp_path):
     assert s["replay"][1] == ("s-replay-2 (finetune.replay_weight=1) timed out: stopped at its time limit of 9 s.")
     assert s["exposure"] == [
         "leet at world.encoded_share = 0 / 0.05: probe accuracy 0.550 (untrained 0.525) / 0.800 (untrained 0.650),"
-        " gap 0.480 / 0.460 (no capability / mismatched generalization).",
+        " transfer probe 0.450 (untrained 0.500) / 0.700 (untrained 0.500), gap 0.480 / 0.460"
+        " (no capability / mismatched generalization).",
         "rot13 at world.encoded_share = 0 / 0.05: probe accuracy 0.500 (untrained 0.500) / 0.520 (untrained 0.510),"
-        " gap 0.500 / 0.500 (no capability / no capability)."]
+        " transfer probe 0.400 (untrained 0.500) / 0.420 (untrained 0.500), gap 0.500 / 0.500"
+        " (no capability / no capability)."]
     assert s["safety"] == ["safety_augment ['rot13']: attack success on augmented encodings encoded_rot13 0.600 -> 0.050;"
                            " held out encoded_leet 0.500 -> 0.500; raises over-refusal from 0.050 to 0.120."]
     # every number of the summary is a figure of the table, as the table prints it
