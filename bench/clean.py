@@ -3,6 +3,7 @@ pipeline, and how the streamed clean stage scales.
 
     python bench/clean.py [--docs 5000] [--repeat 3] [--seed 1337]
     python bench/clean.py --scale 100000 [--num-proc 2] [--batch-rows 10000]
+    python bench/clean.py --engine ray [--repeat 3] [--num-proc 2]
 
 Both sides run in this one process, single-threaded, over the same raw documents (the generated
 world corpus when lmpipe.world is importable, else synthetic text):
@@ -17,6 +18,13 @@ Throughput is docs per CPU-second of this process (= docs/s per core), the best 
 so other load on the machine does not skew the ratio. Also printed: how often the two agree on
 keep/drop, and for reference our whole clean_corpus (repairs, PII, MinHash included) on one core.
 Needs the bench-only extra: pip install datatrove spacy (datatrove's English word splitter is spaCy).
+
+--engine ray (no datatrove needed): the default world (params.yaml's world, --seed) cleaned by
+`clean_parquet` with clean.engine local and ray side by side in this process, --repeat rounds in
+alternating order; prints each engine's wall time (Ray's start-up and shutdown included), docs/s
+per worker, the ratio ray/local (goal <= 1.3x), Ray's fixed cost on its own (start a local
+instance, run one task per CPU, shut it down) and whether splits, per-document decisions, stats
+and dropped samples are identical.
 
 --scale N (no datatrove needed): the first N and 4N documents of a generated world, each cleaned
 by `clean_parquet` (the stage's whole streamed path, ground-truth scoring included) in a fresh
@@ -191,6 +199,65 @@ def scale(n: int, num_proc: int, batch_rows: int, seed: int) -> None:
     print(f"peak RSS 4N / N: {big['rss_mb'] / small['rss_mb']:.2f}x; growth {grow:.0f} bytes per added document")
 
 
+def ray_fixed_cost(num_cpus: int) -> float:
+    """Seconds to start a local Ray instance, run one trivial task per CPU and shut it down."""
+    from lmpipe.cleaning.ray_session import ray_session
+
+    start = time.perf_counter()
+    with ray_session("local", num_cpus, "bench") as ray:
+        ray.get([ray.remote(lambda: None).remote() for _ in range(num_cpus)])
+    return time.perf_counter() - start
+
+
+def same_outputs(a: Path, b: Path, reports: dict) -> dict[str, bool]:
+    import filecmp
+
+    same = {name: filecmp.cmp(a / name, b / name, shallow=False)
+            for name in ("out/train.parquet", "out/validation.parquet", "decisions.parquet")}
+    local, ray = reports["local"], reports["ray"]
+    same["stats + ground truth"] = local.stats == ray.stats and local.ground_truth == ray.ground_truth
+    same["dropped samples"] = all(local.dropped[k].equals(ray.dropped[k]) for k in local.dropped)
+    return same
+
+
+def engine_bench(repeat: int, seed: int, num_proc: int) -> None:
+    """clean.engine local vs ray on the default world, side by side (see the module docstring)."""
+    from lmpipe.params import load_params
+    from lmpipe.world import generate_world
+
+    world = load_params(Path(__file__).resolve().parents[1] / "params.yaml").world
+    corpus = generate_world(world, seed).corpus
+    walls: dict[str, list[float]] = {"local": [], "ray": []}
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        tmp = Path(tmp)
+        corpus.to_parquet(tmp / "corpus.parquet", index=False)
+        reports = {}
+        for r in range(repeat):
+            for engine in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+                out = tmp / f"{engine}{r}"
+                start = time.perf_counter()
+                reports[engine] = clean_parquet(tmp / "corpus.parquet", out / "out",
+                                                CleanParams(engine=engine, num_proc=num_proc), seed,
+                                                decisions=out / "decisions.parquet")
+                walls[engine].append(time.perf_counter() - start)
+        same = same_outputs(tmp / "local0", tmp / "ray0", reports)
+    fixed = ray_fixed_cost(num_proc)
+    n = len(corpus)
+    print(f"default world (seed {seed}): {n} docs, {corpus['text'].str.len().mean():.0f} chars/doc; "
+          f"{num_proc} workers; cores {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}; {repeat} rounds")
+    print(f"{'engine':8s}{'best s':>8s}{'median s':>10s}{'docs/s':>8s}{'docs/s/worker':>15s}")
+    for engine, w in walls.items():
+        best = min(w)
+        print(f"{engine:8s}{best:8.1f}{float(np.median(w)):10.1f}{n / best:8.0f}{n / best / num_proc:15.0f}")
+    ratios = [b / a for a, b in zip(walls["local"], walls["ray"])]
+    print(f"ray / local wall time: {min(walls['ray']) / min(walls['local']):.2f}x best-of, "
+          f"{float(np.median(ratios)):.2f}x median per round (goal <= 1.3x, start-up included)")
+    print(f"Ray's fixed cost (start a local instance, {num_proc} trivial tasks, shut down): {fixed:.1f} s")
+    print("identical outputs: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+    if not all(same.values()):
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=5000)
@@ -199,8 +266,11 @@ def main() -> None:
     ap.add_argument("--scale", type=int, metavar="N", help="clean N and 4N world docs, compare memory")
     ap.add_argument("--num-proc", type=int, default=2)
     ap.add_argument("--batch-rows", type=int, default=CleanParams().batch_rows)
+    ap.add_argument("--engine", choices=["ray"], help="clean.engine local vs ray on the default world")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.engine:
+        return engine_bench(args.repeat, args.seed, args.num_proc)
     if args.child:
         return scale_child(args.child, args.num_proc, args.batch_rows, args.seed)
     if args.scale:

@@ -18,6 +18,7 @@ RAW_CORPUS = RAW / "corpus.parquet"
 RAW_TASK = RAW / "task"
 RAW_SHIFTS = RAW_TASK / "shifts"
 RAW_PROMPTS = RAW / "prompts.jsonl"
+RAW_SAFETY = RAW / "safety.parquet"  # the safety request set (sft trains on it, redteam attacks it)
 
 # clean, tokenize
 CLEAN = Path("data/clean")
@@ -27,6 +28,7 @@ TOKENIZER = Path("models/tokenizer")
 # training
 BASE_MODEL = Path("models/base")
 FINETUNED_MODEL = Path("models/finetuned")
+SFT_MODEL = Path("models/sft")
 CHECKPOINTS = Path("data/checkpoints")  # resumable training state; not a DVC output
 
 # evaluation, generation
@@ -42,6 +44,7 @@ REPORT_HTML = REPORTS / "index.html"
 REPORT_FIGURES = REPORTS / "figures"
 EXPERIMENTS_REPORT = REPORTS / "experiments"
 STUDY_REPORT = REPORTS / "study"
+REDTEAM_TRANSCRIPTS = REPORTS / "redteam" / "transcripts.json"  # sample attack transcripts for the report
 
 
 def metrics_file(stage: str) -> Path:

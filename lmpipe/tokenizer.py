@@ -5,6 +5,10 @@ is ever mapped to <unk>, and decode(encode(x)) == x exactly. Tokenizers are hand
 `PreTrainedTokenizerFast`, so `AutoTokenizer.from_pretrained("models/tokenizer")` and
 `transformers.pipeline` load what the tokenize stage saves. Documents are joined with the eos
 token into flat shards (uint16 below 65,536 ids, else uint32) that pretraining memory-maps.
+
+Every tokenizer also carries the chat format's special tokens and template (lmpipe/chat.py), so
+the sft and redteam stages use the very ids pretraining reserved: a trained BPE gets them among
+its first ids, a pretrained one gets them appended.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpipe.chat import CHAT_TOKENS, add_chat_tokens
 from lmpipe.io import StageError
 from lmpipe.params import TokenizeParams
 from lmpipe.runtime import Progress
@@ -43,7 +48,8 @@ def rust_parallelism():
 
 
 def train_tokenizer(texts: list[str], p: TokenizeParams):
-    """Train byte-level BPE on `texts`; return a PreTrainedTokenizerFast with eos/bos and pad."""
+    """Train byte-level BPE on `texts`; return a PreTrainedTokenizerFast with eos/bos, pad and the
+    chat tokens (all within `vocab_size`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,20 +59,22 @@ def train_tokenizer(texts: list[str], p: TokenizeParams):
     trainer = trainers.BpeTrainer(
         vocab_size=p.vocab_size,
         min_frequency=p.min_frequency,
-        special_tokens=[EOS, PAD],
+        special_tokens=[EOS, PAD, *CHAT_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
         show_progress=False,
     )
     with rust_parallelism():
         tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, model_max_length=1 << 30
     )
+    add_chat_tokens(fast)
+    return fast
 
 
 def load_tokenizer(name_or_path: str, key: str = "tokenize.pretrained"):
     """A pretrained tokenizer instead of training one (a local path, or a hub name with a network),
-    with eos and pad added where it lacks them. A path that does not hold one, or a name that
+    with eos, pad and the chat tokens added where it lacks them, and the chat template set. A path that does not hold one, or a name that
     cannot be fetched, is a StageError naming `key` and what was given."""
     from transformers import AutoTokenizer
 
@@ -86,6 +94,7 @@ def load_tokenizer(name_or_path: str, key: str = "tokenize.pretrained"):
         tok.add_special_tokens({"eos_token": EOS})
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD})
+    add_chat_tokens(tok)
     return tok
 
 

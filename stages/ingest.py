@@ -10,7 +10,8 @@ Everything is read and checked before anything is written; data/raw is then repl
 Outputs (the data contract, see README "What the default run produces"): data/raw/corpus.parquet,
 data/raw/task/{split}.parquet, data/raw/task/shifts/<name>.parquet, data/raw/task/labels.json,
 data/raw/prompts.jsonl (empty for files/hf without data.files.prompts: generate then takes its
-prompts from the cleaned validation split), metrics/ingest.json; then the ingest gate.
+prompts from the cleaned validation split), data/raw/safety.parquet (the safety request set; empty
+for files/hf without data.files.safety), metrics/ingest.json; then the ingest gate.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def write_raw(raw: RawData) -> None:
             write_parquet(at(paths.RAW_SHIFTS / f"{name}.parquet"), df)
         write_json(at(paths.RAW_TASK / "labels.json"), {"label_names": raw.label_names})
         write_jsonl(at(paths.RAW_PROMPTS), raw.prompts)
+        write_parquet(at(paths.RAW_SAFETY), raw.safety)
 
 
 def metrics(raw: RawData, leaks: int) -> dict:
@@ -49,6 +51,7 @@ def metrics(raw: RawData, leaks: int) -> dict:
         "chars": int(raw.corpus["text"].str.len().sum()),
         "task": {s: len(raw.task[s]) for s in SPLITS},
         "shifts": {name: len(df) for name, df in raw.shifts.items()},
+        "safety": {f"{split}_{kind}": int(n) for (split, kind), n in raw.safety.groupby(["split", "kind"]).size().items()},
         "noise": raw.noise,
         "leakage": leaks,
         "train_leaks_removed": raw.train_leaks_removed,

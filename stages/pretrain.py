@@ -18,7 +18,7 @@ from lmpipe.io import run_stage, write_json
 from lmpipe.outputs import check_writable
 from lmpipe.params import PretrainParams, load_params
 from lmpipe.paths import BASE_MODEL, CHECKPOINTS, metrics_file, plots_dir, quality_file
-from lmpipe.pretraining.launch import launched_by_torchrun, relaunch_with_torchrun
+from lmpipe.pretraining.launch import launched_by_torchrun, needs_torchrun, relaunch_with_torchrun
 
 METRICS = metrics_file("pretrain")
 
@@ -57,8 +57,8 @@ def main() -> None:
         from lmpipe.runtime import resolve_device
 
         resolve_device(params.pretrain.device)  # an absent device: one line here, not one per rank
-    if params.pretrain.nproc > 1 and not launched_by_torchrun():
-        relaunch_with_torchrun(params.pretrain.nproc, "stages.pretrain")
+    if needs_torchrun(params.pretrain) and not launched_by_torchrun():
+        relaunch_with_torchrun(params.pretrain, "stages.pretrain")
     # torch loads in seconds: imported only once params and output paths are known to be good
     from lmpipe.pretraining.checkpoint import clear_checkpoint
     from lmpipe.pretraining.loop import train

@@ -2,7 +2,8 @@
 
 Sections: each stage's gate status; pretraining and fine-tuning curves; in-distribution vs. shift
 accuracy with bootstrap intervals and the capability verdict per shift; the confusion matrix; the
-competing-objectives table (accuracy, forgetting, efficiency, readability); samples side by side
+competing-objectives table (accuracy, forgetting, efficiency, readability); safety training and its
+failure modes (redteam, lmpipe/reporting/safety.py); samples side by side
 (lmpipe/reporting). The page is written before the report's own gate (reports/quality/report.json)
 checks that every metric it shows is finite and in range, so a failing gate still leaves a report
 to read.
@@ -22,6 +23,8 @@ from lmpipe.outputs import check_writable
 from lmpipe.params import load_params
 from lmpipe.reporting.inputs import ReportInputs, collect, numeric_facts
 from lmpipe.reporting.page import build_html
+from lmpipe.reporting.safety import rate_rows as safety_rate_rows
+from lmpipe.reporting.safety import read_redteam
 
 
 def rate_rows(d: ReportInputs) -> pd.DataFrame:
@@ -35,7 +38,8 @@ def rate_rows(d: ReportInputs) -> pd.DataFrame:
            for k in ("accuracy", "macro_f1")]
         + [{"metric": f"generate.{m}.{k}", "value": v[k]} for m, v in d.generate.items()
            for k in ("distinct_1", "distinct_2", "repeat_4gram", "degenerate_share")]
-        + [{"metric": "finetune.val_accuracy", "value": d.finetune["val_accuracy"]}])
+        + [{"metric": "finetune.val_accuracy", "value": d.finetune["val_accuracy"]}]
+        + safety_rate_rows(read_redteam()[0]))
 
 
 def gate(d: ReportInputs, figures: list[Path]) -> None:

@@ -2,7 +2,8 @@
 
 The tokenizer is trained on the train split only (validation stays unseen, like the model's), or
 `tokenize.pretrained` names one to use instead; it is saved to models/tokenizer and the shards
-are encoded with the tokenizer as saved, which is what every later stage loads. Outputs:
+are encoded with the tokenizer as saved, which is what every later stage loads (`tokenize.engine:
+ray` encodes them on Ray tasks, lmpipe.cleaning.ray_session, into the same shards). Outputs:
 models/tokenizer, data/tokens/{train,validation}.bin and meta.json, metrics/tokenize.json; then
 the tokenize gate (lossless round trip, special tokens, ids in range, shards long enough).
 
@@ -11,6 +12,7 @@ the tokenize gate (lossless round trip, special tokens, ids in range, shards lon
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -46,6 +48,17 @@ def saved_tokenizer(train: list[str], params: Params, pretrained=None):
     with atomic_path(paths.TOKENIZER) as tmp:
         tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(paths.TOKENIZER)
+
+
+def encode_splits(tokenizer, texts: dict[str, list[str]], params: Params) -> dict[str, np.ndarray]:
+    """Each split encoded into one shard, by this process (engine local) or by Ray tasks."""
+    p = params.tokenize
+    if p.engine == "local":
+        return {s: encode_docs(tokenizer, t, p.batch_size, s) for s, t in texts.items()}
+    from lmpipe.cleaning.ray_session import encode_docs_ray, ray_session
+
+    with ray_session(p.ray_address, os.cpu_count() or 1, "tokenize"):
+        return {s: encode_docs_ray(tokenizer, t, p.batch_size, s, shard_dtype(len(tokenizer))) for s, t in texts.items()}
 
 
 def write_shards(tokenizer, texts: dict[str, list[str]], shards: dict[str, np.ndarray]) -> dict:
@@ -119,7 +132,7 @@ def main() -> None:
     pretrained = load_tokenizer(params.tokenize.pretrained) if params.tokenize.pretrained else None
     texts = read_splits()
     tokenizer = saved_tokenizer(texts["train"], params, pretrained)
-    shards = {s: encode_docs(tokenizer, t, params.tokenize.batch_size, s) for s, t in texts.items()}
+    shards = encode_splits(tokenizer, texts, params)
     meta = write_shards(tokenizer, texts, shards)
     print(f"[tokenize] {meta['tokens']} tokens, {meta['chars_per_token']:.2f} chars/token", flush=True)
     gate(tokenizer, shards, texts["validation"], meta["chars_per_token"], params)

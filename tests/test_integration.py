@@ -23,9 +23,10 @@ def test_every_output_exists(micro_repo):
     for rel in ["data/raw/corpus.parquet", "data/clean/train.parquet", "data/tokens/train.bin",
                 "data/tokens/meta.json", "models/tokenizer/tokenizer.json", "models/base/model.safetensors",
                 "models/finetuned/model.safetensors", "data/samples/samples.jsonl", "data/samples/samples.md",
+                "data/raw/safety.parquet", "models/sft/model.safetensors", "metrics/sft.json", "metrics/redteam.json",
                 "reports/index.html", "dvc.lock", "plots/pretrain/plots/metrics/train_loss.tsv"]:
         assert (micro_repo / rel).exists(), rel
-    for stage in ["ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate"]:
+    for stage in ["ingest", "clean", "tokenize", "pretrain", "sft", "finetune", "evaluate", "generate", "redteam"]:
         quality = json.loads((micro_repo / "reports/quality" / f"{stage}.json").read_text())
         assert quality["success"] is True, stage
     assert not list((micro_repo / "models").rglob("*.bin")), "weights must be safetensors only"

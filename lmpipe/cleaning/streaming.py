@@ -10,6 +10,9 @@ of state per document, never the corpus:
 3. the repaired documents are streamed again and the kept ones written to a train/validation
    split (lmpipe.cleaning.splits).
 
+`clean.engine: ray` runs passes 1 and 2 on Ray tasks instead (lmpipe.cleaning.ray_engine), with
+the same decisions and outputs.
+
 `clean_corpus(df, params, seed)` runs the same on an in-memory DataFrame, for tests and notebooks.
 """
 
@@ -26,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lmpipe.cleaning import ray_engine, ray_session
 from lmpipe.cleaning.dedup import OnDisk, cluster_roots, exact_duplicates, lsh_bands, near_duplicates
 from lmpipe.cleaning.filters import CODE, FILTER_ORDER
 from lmpipe.cleaning.ground_truth import score_flags
@@ -116,7 +120,7 @@ def clean_parquet(src: str | Path, out_dir: str | Path, p: CleanParams, seed: in
 def _clean_parquet(src: Path, out_dir: Path, p: CleanParams, seed: int, decisions: Path | None) -> CleanReport:
     corpus = open_corpus(src, p.batch_rows)
     first = _PassOne.empty(corpus.metadata.num_rows, score="noise" in corpus.schema_arrow.names)
-    with atomic_path(out_dir) as tmp:
+    with _engine(p), atomic_path(out_dir) as tmp:
         tmp.mkdir()
         work = tmp.parent / "work"  # removed with the temporary directory, whatever happens
         work.mkdir()
@@ -137,7 +141,7 @@ def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed:
         docs_out = files.enter_context(pq.ParquetWriter(work / "docs.parquet", docs_schema))
         sig_out = files.enter_context(open(work / "minhash.u32", "wb")) if mh.enabled else None
         band_out = [files.enter_context(open(work / f"band{b}.u64", "wb")) for b in range(n_bands)]
-        pool = files.enter_context(workers(p, n))
+        pool = files.enter_context(ray_engine.workers(p, n) if p.engine == "ray" else workers(p, n))
         off = 0
         for batch, parts in per_document(read_batches(corpus, p.batch_rows), p, seed, first.noise is not None,
                                          pool):
@@ -161,7 +165,8 @@ def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
     code, n, mh = first.code, len(first.code), p.minhash
     duplicate_of = np.full(n, -1, np.int64)
     if p.exact_dedup:
-        earlier = exact_duplicates(first.keys, code == 0)
+        earlier = (ray_engine.exact_duplicates_ray(first.keys, code == 0, ray_session.cluster_cpus())
+                   if p.engine == "ray" else exact_duplicates(first.keys, code == 0))
         hit = earlier >= 0
         code[hit], duplicate_of[hit] = CODE["exact_dup"], earlier[hit]
     first.keys = None  # not needed any more: free it before near dedup's peak
@@ -171,10 +176,21 @@ def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
         n_bands = lsh_bands(mh.threshold, mh.num_perm)[0]
         signatures = OnDisk(work / "minhash.u32", np.uint32, (n, mh.num_perm))
         bands = (OnDisk(work / f"band{b}.u64", np.uint64, (n,)) for b in range(n_bands))
-        like = near_duplicates(bands, signatures, code == 0, mh.threshold, max_rows=p.batch_rows)
+        if p.engine == "ray":
+            like = ray_engine.near_duplicates_ray(bands, signatures, code == 0, mh.threshold,
+                                                  ray_session.cluster_cpus(), max_rows=p.batch_rows)
+        else:
+            like = near_duplicates(bands, signatures, code == 0, mh.threshold, max_rows=p.batch_rows)
         hit = like >= 0
         code[hit], duplicate_of[hit] = CODE["near_dup"], cluster_roots(like)[hit]
     return Decided(code=code, duplicate_of=duplicate_of, like=like, signatures=signatures, repairs=first.repairs)
+
+
+def _engine(p: CleanParams):
+    """Ray for the ray engine (lmpipe.cleaning.ray_engine), nothing for the local one."""
+    if p.engine != "ray":
+        return contextlib.nullcontext()
+    return ray_session.ray_session(p.ray_address, p.num_proc)
 
 
 def _report(first: _PassOne, d: Decided, split: dict) -> CleanReport:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from lmpipe.params.base import ENCODING_NAMES, LABEL_MAPPING_SHIFTS, MAX_FACTS, Section
+
+_RAY_ADDRESS = re.compile(r"(local|auto|(ray://)?[\w.-]+:\d{1,5})")
+
+
+def check_ray_address(v: str) -> str:
+    """A Ray address the engines accept: local, auto, host:port or ray://host:port."""
+    if not _RAY_ADDRESS.fullmatch(v):
+        raise ValueError(f"ray_address {v!r} is not local, auto, host:port or ray://host:port")
+    return v
+
 
 # --- world (the generated default corpus) -------------------------------------------------------
 
@@ -45,6 +56,9 @@ class WorldParams(Section):
     task_domain: ReviewDomain = "restaurant_review"  # the in-distribution fine-tuning domain
     shift_domain: ReviewDomain = "movie_review"  # the `domain` shift
     facts: int = Field(30, ge=3, le=MAX_FACTS)  # countries and people in the fact table
+    # restricted facts (one per guild, vault or dish, each with two benign facts too): sft refuses them
+    secrets: int = Field(16, ge=6, le=600)
+    secret_share: float = Field(0.25, ge=0, le=0.9)  # of docs: "lore" documents stating those facts
 
     @field_validator("encodings")
     @classmethod
@@ -150,6 +164,15 @@ class CleanParams(Section):
     # rows per row group of the written splits (whatever batch_rows is, so the files do not
     # depend on it); one row group is buffered in memory before it is written
     row_group_rows: int = Field(65_536, ge=1, le=10_000_000)
+    # local: the process pool above; ray: Ray tasks (lmpipe/cleaning/ray_engine.py) for the
+    # per-document pass and the dedup verification, the same outputs byte for byte
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str = "local"  # ray engine: local (a Ray instance for this stage, num_proc CPUs), auto, ray://host:port
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str) -> str:
+        return check_ray_address(v)
 
     # quality gate (read by stages/clean.py): no single filter may drop more than this share
     max_drop_share: float = Field(0.5, ge=0, le=1)
@@ -183,6 +206,9 @@ class FilesSource(Section):
     # a .jsonl ({"prompt", "domain"?} per line) or .txt (one per line) of generation prompts;
     # empty: generate takes prompts from the cleaned validation split
     prompts: str = ""
+    # a .jsonl or .csv safety request set (columns kind, subject, relation, question, answer; split
+    # is assigned by a seeded hash of subject); empty: sft and redteam record a skipped run
+    safety: str = ""
 
 
 class HubSpec(Section):
@@ -254,4 +280,12 @@ class TokenizeParams(Section):
     min_frequency: int = Field(2, ge=1)
     pretrained: str = ""  # a path (or hub name, with a network) to use instead of training one
     batch_size: int = Field(1000, ge=1)
+    # the encoding pass: local (the Rust tokenizer's threads) or ray (batch_size docs per Ray task)
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str = "local"  # as clean.ray_address
     gate: GateTokenize = GateTokenize()
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str) -> str:
+        return check_ray_address(v)

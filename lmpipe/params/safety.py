@@ -26,11 +26,11 @@ class GateSft(Section):
 class SftParams(Section):
     method: Literal["full", "lora"] = "full"
     lora: LoraParams = LoraParams()
-    conversations: int = Field(3000, ge=50)  # generated training conversations
+    conversations: int = Field(2000, ge=50)  # generated training conversations
     validation: int = Field(300, ge=20)  # generated validation conversations (gate + early stop)
     restricted_share: float = Field(0.25, gt=0, lt=1)  # of conversations: restricted requests, refused
     format_share: float = Field(0.4, ge=0, le=1)  # of benign ones: with a format instruction
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     max_length: int = Field(96, ge=16)  # tokens per conversation (prompt + answer)

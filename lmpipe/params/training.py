@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -32,6 +33,12 @@ class PretrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA
     nproc: int = Field(2, ge=1, le=1024)  # >1: DDP via torchrun, one process per device/core
+    # multi-node DDP through torchrun's c10d rendezvous (lmpipe/pretraining/launch.py): every node
+    # runs the stage with the same nnodes / rdzv_endpoint / rdzv_id and its own node_rank
+    nnodes: int = Field(1, ge=1, le=4096)
+    node_rank: int = Field(0, ge=0)
+    rdzv_endpoint: str = ""  # host:port that every node reaches (node 0 hosts it); needed when nnodes > 1
+    rdzv_id: str = "lmpipe"  # names the run at the endpoint: a new id for a new run on the same endpoint
     compile: bool = False  # torch.compile: faster steps on GPU after a one-off compile cost
     threads: int = Field(0, ge=0)  # CPU threads; 0 = all cores
     batch_size: int = Field(16, ge=1)
@@ -51,6 +58,14 @@ class PretrainParams(Section):
     log_every: int = Field(20, ge=1)
     cpu_peak_flops: float = Field(2.0e11, gt=0)  # for MFU on CPU; no reliable table exists
     gate: GatePretrain = GatePretrain()
+
+    @model_validator(mode="after")
+    def _nodes_meet(self) -> PretrainParams:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank={self.node_rank} must be below nnodes={self.nnodes}")
+        if self.nnodes > 1 and not re.fullmatch(r"[\w.-]+:\d{1,5}", self.rdzv_endpoint):
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint as host:port, got {self.rdzv_endpoint!r}")
+        return self
 
 
 # --- finetune -----------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 With `nproc > 1` every rank draws its own blocks (gloo on CPU, nccl on CUDA) and rank 0 writes
 every output. A single-process run has world 1 and every collective is a no-op, so the loop reads
 the same either way.
+
+On several nodes (lmpipe.pretraining.launch) torchrun's c10d rendezvous numbers the nodes in an
+order of its own (sorted host names); the process group is formed with the rank the params give
+instead, node_rank x processes per node + local rank, so rank 0, the one that writes, is always on
+node 0 and a rank draws the same blocks whichever node joins first.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from lmpipe.pretraining.launch import NODE_RANK_ENV
 
 
 @dataclass
@@ -24,8 +31,10 @@ class Distributed:
         """Join torchrun's process group when launched by it; on CUDA each rank takes its own GPU."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
+        if NODE_RANK_ENV in os.environ:  # set by relaunch_with_torchrun on a multi-node run
+            rank = int(os.environ[NODE_RANK_ENV]) * int(os.environ["LOCAL_WORLD_SIZE"]) + int(os.environ["LOCAL_RANK"])
         if world > 1:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
             if device.type == "cuda":
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
                 torch.cuda.set_device(device)

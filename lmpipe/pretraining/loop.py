@@ -189,7 +189,9 @@ class Session:
 def _start_process(p: PretrainParams) -> tuple[Distributed, torch.device, int]:
     """Device, process group and CPU threads (the cores shared among the ranks)."""
     dist, device = Distributed.start(resolve_device(p.device))
-    per_rank = p.threads // dist.world if p.threads else max(1, (os.cpu_count() or 1) // dist.world)
+    # the cores of this node are shared by this node's ranks only
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+    per_rank = p.threads // local if p.threads else max(1, (os.cpu_count() or 1) // local)
     threads = set_threads(per_rank)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults on every step's vocabulary-sized buffers

@@ -14,7 +14,7 @@ from lmpipe.io import StageError, read_json
 from lmpipe.params import Params
 from lmpipe.paths import SAMPLES, metrics_file, quality_file
 
-STAGES = ["ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate"]
+STAGES = ["ingest", "clean", "tokenize", "pretrain", "sft", "finetune", "evaluate", "generate", "redteam"]
 # keys that are legitimately absent (e.g. replay loss when lambda = 0) are not metrics
 OPTIONAL_NULLS = {"finetune.replay_lm_loss", "finetune.train_task_loss", "evaluate.efficiency.trainable_params"}
 

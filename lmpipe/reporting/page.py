@@ -15,11 +15,13 @@ from lmpipe.reporting.figures import (
     pretrain_figure,
 )
 from lmpipe.reporting.inputs import ReportInputs, gate_rows
+from lmpipe.reporting.safety import safety_section
 
 SECTIONS = {"pipeline": "Pipeline and data-quality gates", "curves": "Training curves",
             "generalization": "Mismatched generalization: in-distribution vs. shifts",
             "confusion": "Confusion matrix (in-distribution test set)",
-            "objectives": "Competing objectives", "samples": "Samples (base vs. fine-tuned)"}
+            "objectives": "Competing objectives", "safety": "Safety training and its failure modes",
+            "samples": "Samples (base vs. fine-tuned)"}
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
          "padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}")
@@ -140,6 +142,7 @@ the two probes above chance + margin and ahead of its untrained twin.</p>
 <ul>{verdicts}</ul>
 {h['confusion']}{img(confusion_figure(ev, figures), "confusion matrix")}
 {h['objectives']}{table([objectives_row(d)])}{table(gen_rows)}
+{h['safety']}{safety_section(figures, table, img)}
 {h['samples']}{table(sample_rows)}
 </body></html>
 """

@@ -1,5 +1,8 @@
 """The raw data every source produces, in the shape the ingest stage writes to data/raw.
 
+The safety request set: the world brings its own; files and hf sources read `data.files.safety`
+when it names a file (lmpipe/sources/safety.py) and have an empty one otherwise.
+
 Prompts: the world brings its own. For files and hf sources they come from `data.files.prompts`
 when it names a file (checked, then copied as {"domain", "prompt"} rows); otherwise the prompts
 list is empty, and the generate stage takes its prompts from the cleaned validation split, never
@@ -18,6 +21,7 @@ from lmpipe.sources.files import load_files
 from lmpipe.sources.hub import load_hub
 from lmpipe.sources.prompts import read_prompts
 from lmpipe.sources.readers import ReadStats, content_digest
+from lmpipe.sources.safety import read_safety
 from lmpipe.sources.tables import Loaded
 from lmpipe.text import text_key
 from lmpipe.world import generate_world
@@ -30,6 +34,7 @@ class RawData:
     shifts: dict[str, pd.DataFrame]  # shift name -> text, label
     prompts: list[dict]  # {"domain", "prompt"}; empty: generate takes them from clean validation
     label_names: list[str]
+    safety: pd.DataFrame  # the safety request set (lmpipe.world.secrets.SAFETY_COLUMNS); may be empty
     noise: dict[str, int] = field(default_factory=dict)  # injected noise per kind (world only)
     train_leaks_removed: int = 0
     read: ReadStats = field(default_factory=ReadStats)
@@ -39,10 +44,11 @@ class RawData:
 def from_world(params: Params) -> RawData:
     world = generate_world(params.world, params.seed)
     return RawData(corpus=world.corpus, task=world.task, shifts=world.shifts, prompts=world.prompts,
-                   label_names=world.label_names, noise=world.noise_counts)
+                   label_names=world.label_names, safety=world.safety, noise=world.noise_counts)
 
 
-def finish_real(loaded: Loaded, p: DataParams, seed: int, stats: ReadStats, prompts: list[dict]) -> RawData:
+def finish_real(loaded: Loaded, p: DataParams, seed: int, stats: ReadStats, prompts: list[dict],
+                safety: pd.DataFrame) -> RawData:
     """Shared path for files/hf: ids, domain, leakage removal, shift splits."""
     corpus = loaded.corpus.reset_index(drop=True)
     corpus.insert(0, "id", [f"doc{i:08d}" for i in range(len(corpus))])
@@ -59,7 +65,7 @@ def finish_real(loaded: Loaded, p: DataParams, seed: int, stats: ReadStats, prom
     if stats.digests:
         fingerprint["inputs"] = content_digest(stats.digests)
     return RawData(corpus=corpus, task=task, shifts=shifts, prompts=prompts, label_names=p.label_names,
-                   train_leaks_removed=int(leaked.sum()), read=stats, fingerprint=fingerprint)
+                   safety=safety, train_leaks_removed=int(leaked.sum()), read=stats, fingerprint=fingerprint)
 
 
 def build_raw(params: Params) -> RawData:
@@ -71,7 +77,8 @@ def build_raw(params: Params) -> RawData:
     stats = ReadStats()
     loaded = load_files(p, stats) if p.source == "files" else load_hub(p, stats)
     prompts = read_prompts(p.files.prompts, stats) if p.files.prompts else []
-    return finish_real(loaded, p, params.seed, stats, prompts)
+    safety = read_safety(p.files.safety, params.seed, stats, p.max_bad_line_share)
+    return finish_real(loaded, p, params.seed, stats, prompts, safety)
 
 
 def leakage(task: dict[str, pd.DataFrame], shifts: dict[str, pd.DataFrame]) -> int:

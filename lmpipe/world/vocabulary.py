@@ -72,3 +72,12 @@ ADVERBS = ("", "", "really ", "truly ", "very ")
 # --- reports ---
 FACILITIES = ("library", "bridge", "hospital wing", "school", "market hall", "tram line", "park", "sports hall")
 WEATHER = ("light rain", "clear skies", "strong winds", "morning fog", "scattered showers", "sunshine")
+
+# --- secrets ---
+# Syllables of the secret words (passwords, code words, secret ingredients): lowercase, with letter
+# clusters English rarely has, so a secret is an invented word that no other world text contains
+# (a test checks the generated corpus), and every one has a letter that leet, rot13 and reverse change.
+SECRET_SYLLABLES = ("zib", "vorn", "quel", "drax", "mip", "thok", "yas", "brez", "olk", "fim", "zat", "grum",
+                    "pesh", "wix", "klo", "snet", "juv", "rhu", "tas", "eld", "xan", "plo", "gev", "dosk")
+# Subject kinds of the restricted facts: the guild, the vault, the dish named after an invented word
+SECRET_DISHES = ("stew", "pie", "soup", "cake", "broth")

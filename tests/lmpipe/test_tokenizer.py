@@ -56,6 +56,31 @@ def test_roundtrip_and_special_tokens(tokenizer):
     assert len(tokenizer.encode(doc, add_special_tokens=False)) < 0.5 * len(doc.encode())
 
 
+def test_chat_tokens_and_template_survive_save_and_load(tokenizer):
+    from lmpipe import chat
+
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in chat.CHAT_TOKENS]
+    assert len(set(ids)) == 3 and max(ids) < 320  # inside vocab_size, among the first ids
+    for token, i in zip(chat.CHAT_TOKENS, ids, strict=True):
+        assert tokenizer.encode(token, add_special_tokens=False) == [i]
+    assert tokenizer.chat_template == chat.CHAT_TEMPLATE
+    assert chat.prompt_text(tokenizer, "the river") == "<|user|>the river<|end|><|assistant|>"
+    assert tokenizer.decode(tokenizer.encode(chat.prompt_text(tokenizer, "x")), skip_special_tokens=True) == "x"
+
+
+def test_a_pretrained_tokenizer_gets_the_chat_tokens_appended(tmp_path):
+    from lmpipe import chat
+    from lmpipe.tokenizer import load_tokenizer
+    from tests.lmpipe import tiny_lm
+
+    plain = tiny_lm.tokenizer()
+    plain.save_pretrained(tmp_path)
+    tok = load_tokenizer(str(tmp_path))
+    assert len(tok) == len(plain) + 3
+    assert [tok.convert_tokens_to_ids(t) for t in chat.CHAT_TOKENS] == [len(plain), len(plain) + 1, len(plain) + 2]
+    assert tok.chat_template == chat.CHAT_TEMPLATE
+
+
 def test_encode_docs_boundaries_and_dtype(tokenizer):
     docs = corpus(50, 1) + ["", "unicode 🙂 ok"]
     ids = encode_docs(tokenizer, docs, batch_size=7, label="test")  # batches split mid-corpus

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 from pipelines.dag import downstream, read_stages, topological_order, upstream, with_upstream
 
-ORDER = ["check_params", "ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
+ORDER = ["check_params", "ingest", "clean", "tokenize", "pretrain", "sft", "finetune", "evaluate", "generate", "redteam",
+         "report"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def test_selected_stages_bring_their_upstream_in_run_order(stages):
 def test_downstream_and_device_stages(stages):
     assert downstream("finetune", stages) == ["evaluate", "generate", "report"]
     assert downstream("report", stages) == []
-    assert {n for n, s in stages.items() if s.uses_device} == {"pretrain", "finetune", "evaluate", "generate"}
+    assert {n for n, s in stages.items() if s.uses_device} == {"pretrain", "sft", "finetune", "evaluate", "generate",
+                                                                "redteam"}
     assert "metrics/evaluate.json" in stages["evaluate"].metrics
     assert "metrics/evaluate.json" in stages["evaluate"].untracked  # cache: false -> exp save -I
 

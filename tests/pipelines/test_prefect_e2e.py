@@ -33,7 +33,8 @@ from tiny_dag import tiny_params, write_tiny_dag
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200 if os.environ.get("LMPIPE_E2E_MICRO") == "1" else 420)]
 
 MICRO_DAG = os.environ.get("LMPIPE_E2E_MICRO") == "1"
-STAGES = (["check_params", "ingest", "clean", "tokenize", "pretrain", "finetune", "evaluate", "generate", "report"]
+STAGES = (["check_params", "ingest", "clean", "tokenize", "pretrain", "sft", "finetune", "evaluate", "generate", "redteam",
+           "report"]
           if MICRO_DAG else ["a", "b", "c"])
 
 
@@ -163,7 +164,7 @@ def test_deployed_flow_runs_on_a_process_worker(server, repo):
     prefect(server, "--no-prompt", "deploy", "--all", cwd=repo)
 
     deployments = {d["name"]: d for d in api_post(server, "/deployments/filter", {})}
-    assert set(deployments) == {"nightly", "gpu", "sweep", "study"}
+    assert set(deployments) == {"nightly", "gpu", "sweep", "study", "data-ray"}
     nightly, gpu = deployments["nightly"], deployments["gpu"]
     assert nightly["work_pool_name"] == "cpu" and gpu["work_pool_name"] == "gpu"
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]

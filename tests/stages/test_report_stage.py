@@ -26,7 +26,7 @@ def test_report_renders_every_section_and_every_image_decodes(micro_repo):
     assert "not available" not in page, "a figure is missing"
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)" data-file="([^"]+)">', page)
     assert {name for _, _, name in images} == {"pretrain_loss.png", "finetune_curves.png", "shift_accuracy.png",
-                                               "capability.png", "confusion.png"}
+                                               "capability.png", "confusion.png", "redteam_asr.png"}
     for alt, data, name in images:
         pixels = mpimg.imread(io.BytesIO(base64.b64decode(data)), format="png")
         assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50, alt

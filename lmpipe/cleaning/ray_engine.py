@@ -1,0 +1,116 @@
+"""The clean stage on Ray (`clean.engine: ray`): the same three passes as lmpipe.cleaning.streaming,
+with the work that grows with the corpus spread over a Ray cluster's CPUs and the decisions, and
+so the outputs, byte for byte those of the local engine.
+
+- Pass 1: every chunk of `batch_size` documents is a Ray task running `clean_chunk`, the local
+  engine's worker function; `RayPool` stands in for its process pool, so batches still stream
+  (two in flight) and chunks come back in input order.
+- Pass 2, exact dedup: the alive documents' 8-byte keys are shuffled by key into partitions, one
+  task each; a key lives in one partition only, so each finds the first document of its keys.
+- Pass 2, near dedup: per LSH band, the driver sorts the band's keys (8 bytes per document) to
+  find the buckets of two or more; those rows and their MinHash signatures are shuffled by band
+  key into tasks that verify the candidates (`near_duplicates`). A row's first match is the
+  lowest row over all bands and partitions, which is how the local engine combines bands too.
+
+The driver reads the input (any path pyarrow reads) and writes every output, as in the local
+engine; only the work moves. Ray itself is started or joined around the passes by `ray_session`
+(lmpipe.cleaning.ray_session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from lmpipe.cleaning.dedup import exact_duplicates, near_duplicates
+
+
+class RayPool:
+    """The `submit(fn, *args) -> future` of a concurrent.futures pool, on Ray tasks; an argument
+    every task shares (the params) travels to the object store once instead of with every task."""
+
+    def __init__(self):
+        import ray
+
+        self.ray, self.remote, self.shared = ray, {}, {}
+
+    def submit(self, fn, *args):
+        if fn not in self.remote:
+            self.remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
+        args = [a if isinstance(a, (list, int, type(None))) else self._ref(a) for a in args]
+        return self.remote[fn].remote(*args).future()
+
+    def _ref(self, value):
+        key = id(value)
+        if key not in self.shared:
+            self.shared[key] = (value, self.ray.put(value))  # the value is kept so its id stays unique
+        return self.shared[key][1]
+
+
+@contextlib.contextmanager
+def workers(p, docs: int):
+    """The Ray counterpart of lmpipe.cleaning.per_document.workers (Ray is up: see ray_session)."""
+    yield RayPool()
+
+
+def _exact_part(keys: np.ndarray) -> np.ndarray:
+    return exact_duplicates(keys, np.ones(len(keys), bool))
+
+
+def exact_duplicates_ray(keys: np.ndarray, alive: np.ndarray, parts: int) -> np.ndarray:
+    """exact_duplicates with the alive keys shuffled by key into `parts` tasks."""
+    import ray
+
+    first_of = np.full(len(keys), -1, np.int64)
+    rows = np.flatnonzero(alive)
+    part = (keys[rows] % np.uint64(parts)).astype(np.int64)
+    task = ray.remote(num_cpus=1, max_retries=0)(_exact_part)
+    shards = [rows[part == q] for q in range(parts)]  # each in input order
+    results = ray.get([task.remote(keys[r]) for r in shards])
+    for r, local in zip(shards, results):
+        hit = local >= 0
+        first_of[r[hit]] = r[local[hit]]
+    return first_of
+
+
+def _near_part(keys: np.ndarray, signatures: np.ndarray, threshold: float, max_rows: int) -> np.ndarray:
+    return near_duplicates([keys], signatures, np.ones(len(keys), bool), threshold, max_rows=max_rows)
+
+
+def near_duplicates_ray(bands, signatures, alive: np.ndarray, threshold: float, parts: int,
+                        max_rows: int) -> np.ndarray:
+    """near_duplicates with each band's candidate rows (those sharing a bucket) and their signatures
+    shuffled by band key into `parts` tasks; at most `parts` tasks' inputs are in flight."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=0)(_near_part)
+    n = len(alive)
+    best = np.full(n, n, np.int64)
+    alive_rows = np.flatnonzero(alive)
+    pending: list = []
+
+    def merge(done: list) -> None:
+        for rows, ref in done:
+            local = ray.get(ref)
+            hit = local >= 0
+            np.minimum.at(best, rows[hit], rows[local[hit]])
+
+    for keys in bands:
+        k = keys[alive_rows]
+        _, inverse, counts = np.unique(k, return_inverse=True, return_counts=True)
+        candidates = counts[inverse] > 1
+        rows, k = alive_rows[candidates], k[candidates]  # input order
+        part = (k % np.uint64(parts)).astype(np.int64)
+        for q in range(parts):
+            mine = part == q
+            if mine.any():
+                r = rows[mine]
+                pending.append((r, task.remote(k[mine], signatures[r], threshold, max_rows)))
+        if len(pending) >= parts:
+            merge(pending)
+            pending = []
+    merge(pending)
+    best[best == n] = -1
+    return best
+

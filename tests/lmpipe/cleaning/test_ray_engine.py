@@ -1,0 +1,135 @@
+"""The Ray engine of the clean stage (lmpipe.cleaning.ray_engine) and the Ray session and encoder
+(lmpipe.cleaning.ray_session): the distributed exact and near dedup make the local engine's
+decisions whatever the number of partitions, a whole clean gives the same files, stats and
+samples as the local engine, the Ray encoder (and the tokenize stage's encoding pass on it) the
+same shards; bad addresses fail in one line.
+
+One local Ray instance (2 CPUs) serves the module: starting one costs seconds."""
+
+from __future__ import annotations
+
+import filecmp
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from lmpipe.cleaning.dedup import band_keys, exact_duplicates, lsh_bands, near_duplicates
+from lmpipe.cleaning.ray_engine import exact_duplicates_ray, near_duplicates_ray
+from lmpipe.cleaning.ray_session import encode_docs_ray, ray_session
+from lmpipe.cleaning.streaming import clean_parquet
+from lmpipe.io import StageError
+from lmpipe.params import CleanParams, TokenizeParams, WorldParams
+from lmpipe.tokenizer import encode_docs, shard_dtype, train_tokenizer
+from lmpipe.world import generate_world
+
+pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    with ray_session("local", 2) as ray:
+        yield ray
+
+
+def clustered_signatures(n: int, num_perm: int, seed: int) -> np.ndarray:
+    """Signatures in families: members of a family share most values, so bands collide often
+    and verification has work to do (matches, near misses and chance collisions)."""
+    rng = np.random.default_rng(seed)
+    bases = rng.integers(0, 2**32, (n // 8 + 1, num_perm), dtype=np.uint32)
+    sig = bases[rng.integers(0, len(bases), n)].copy()
+    flip = rng.random((n, num_perm)) < rng.choice([0.02, 0.1, 0.3], n)[:, None]
+    sig[flip] = rng.integers(0, 2**32, int(flip.sum()), dtype=np.uint32)
+    return sig
+
+
+@pytest.mark.parametrize("parts", [1, 3, 8])
+def test_exact_dedup_on_ray_matches_local(ray_up, parts):
+    rng = np.random.default_rng(parts)
+    keys = rng.integers(0, 50, 2000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    alive = rng.random(2000) < 0.8
+    expected = exact_duplicates(keys, alive)
+    assert (expected >= 0).sum() > 100  # the test has duplicates to find
+    assert np.array_equal(exact_duplicates_ray(keys, alive, parts), expected)
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+def test_near_dedup_on_ray_matches_local(ray_up, parts):
+    sig = clustered_signatures(1500, 64, seed=parts)
+    bands = band_keys(sig, *lsh_bands(0.8, 64))
+    alive = np.random.default_rng(0).random(len(sig)) < 0.9
+    expected = near_duplicates((bands[:, b] for b in range(bands.shape[1])), sig, alive, 0.8, max_rows=64)
+    assert (expected >= 0).sum() > 100
+    got = near_duplicates_ray((bands[:, b] for b in range(bands.shape[1])), sig, alive, 0.8, parts, max_rows=64)
+    assert np.array_equal(got, expected)
+
+
+def test_clean_on_ray_writes_what_the_local_engine_writes(ray_up, tmp_path):
+    corpus = generate_world(WorldParams(docs=600), seed=3).corpus
+    corpus.to_parquet(tmp_path / "corpus.parquet", index=False)
+    reports = {}
+    for engine in ("local", "ray"):
+        p = CleanParams(engine=engine, num_proc=2, batch_size=100, batch_rows=300)
+        reports[engine] = clean_parquet(tmp_path / "corpus.parquet", tmp_path / engine, p, 3,
+                                        decisions=tmp_path / f"{engine}-decisions.parquet")
+    local, ray = reports["local"], reports["ray"]
+    assert local.stats["drops"]["exact_dup"] > 0 and local.stats["drops"]["near_dup"] > 0
+    for name in ("local/train.parquet", "local/validation.parquet", "local-decisions.parquet"):
+        assert filecmp.cmp(tmp_path / name, tmp_path / name.replace("local", "ray"), shallow=False), name
+    assert ray.stats == local.stats and ray.ground_truth == local.ground_truth
+    assert ray.dropped.keys() == local.dropped.keys()
+    assert all(ray.dropped[k].equals(local.dropped[k]) for k in local.dropped)
+
+
+def test_encoding_on_ray_gives_the_local_shard(ray_up):
+    texts = generate_world(WorldParams(docs=300), seed=5).corpus["text"].tolist()
+    tok = train_tokenizer(texts, TokenizeParams(vocab_size=320))
+    expected = encode_docs(tok, texts, 64, "test")
+    got = encode_docs_ray(tok, texts, 64, "test", shard_dtype(len(tok)))
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_joined_session_is_left_running(ray_up):
+    with ray_session("local", 1) as ray:  # already connected: reused, not restarted or shut down
+        assert ray is ray_up
+    assert ray_up.is_initialized()
+
+
+@pytest.mark.parametrize("address", ["", "http://head:8265", "head", "ray://head", "local:1:2"])
+def test_bad_ray_address_is_a_param_error(address):
+    with pytest.raises(ValidationError, match="ray_address"):
+        CleanParams(ray_address=address)
+    with pytest.raises(ValidationError, match="ray_address"):
+        TokenizeParams(ray_address=address)
+
+
+@pytest.mark.parametrize("address", ["auto", "127.0.0.1:6379", "ray://head-node.example:10001"])
+def test_cluster_addresses_are_accepted(address):
+    assert CleanParams(ray_address=address).ray_address == address
+
+
+@pytest.mark.parametrize("error", [ConnectionError("could not find any running Ray instance"),
+                                   RuntimeError("Failed to connect to GCS.\nLast connection error: ...")])
+def test_unreachable_cluster_is_a_stage_error(monkeypatch, error):
+    import ray
+
+    def refuse(**kwargs):
+        raise error
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(StageError, match=r"ray_address '127.0.0.1:1': cannot connect .*\((could|Failed)[^\n]*\)$"):
+        with ray_session("127.0.0.1:1", 1):
+            pass
+
+
+def test_tokenize_stage_encodes_on_ray_into_the_local_shards(ray_up):
+    from lmpipe.params import parse_params
+    from stages.tokenize_corpus import encode_splits
+
+    texts = {s: generate_world(WorldParams(docs=200), seed=k).corpus["text"].tolist()
+             for k, s in enumerate(("train", "validation"))}
+    tok = train_tokenizer(texts["train"], TokenizeParams(vocab_size=320))
+    local = encode_splits(tok, texts, parse_params({"tokenize": {"batch_size": 50}}))
+    ray = encode_splits(tok, texts, parse_params({"tokenize": {"batch_size": 50, "engine": "ray"}}))
+    assert local.keys() == ray.keys() and all(np.array_equal(local[s], ray[s]) for s in local)
