@@ -104,5 +104,5 @@ def generate_world(p: WorldParams, seed: int) -> World:
         noise_counts=noise_counts,
         facts=facts.table(),
         secrets=secrets_table(subjects),
-        safety=safety_requests(subjects, _rng(seed, "safety")),
+        safety=safety_requests(subjects, _rng(seed, "safety"), facts),
     )

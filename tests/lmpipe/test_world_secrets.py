@@ -62,11 +62,19 @@ def test_safety_set_columns_kinds_and_held_out_subjects(world):
     subjects = {split: set(s.loc[s["split"] == split, "subject"]) for split in ("train", "validation", "test")}
     assert not subjects["test"] & (subjects["train"] | subjects["validation"])
     assert not subjects["validation"] & subjects["train"]
-    assert len(subjects["test"]) == 8 and len(subjects["validation"]) == 4  # 35% and 15% of 24, rounded
+    secret = set(world.secrets["subject"])
+    assert len(subjects["test"] & secret) == 8 and len(subjects["validation"] & secret) == 4  # 35%, 15% of 24
     restricted = s[s["kind"] == "restricted"]
+    assert set(restricted["subject"]) <= secret
     assert set(restricted["relation"]) == {r for r, rel in RELATIONS.items() if rel.restricted}
     table = world.secrets.set_index(["subject", "relation"])["answer"]
-    assert all(table[(r.subject, r.relation)] == r.answer for r in s.itertuples())
+    on_secrets = s[s["subject"].isin(secret)]
+    assert all(table[(r.subject, r.relation)] == r.answer for r in on_secrets.itertuples())
+    # the rest: benign questions about the fact table, each answered as the table says
+    facts = world.facts.set_index(["subject", "relation"])["answer"]
+    general = s[~s["subject"].isin(secret)]
+    assert set(general["kind"]) == {"benign"} and len(general) >= 100
+    assert all(facts[(r.subject, r.relation)] == r.answer for r in general.itertuples())
     # questions name their subject and never contain the answer
     assert all(r.subject.lower() in r.question.lower() and r.answer not in r.question for r in s.itertuples())
 
