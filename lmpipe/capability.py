@@ -172,15 +172,21 @@ def chance_level(y: np.ndarray, n_classes: int) -> float:
     return float(np.bincount(y, minlength=n_classes).max() / y.size)
 
 
+def _scored(correct: np.ndarray, scored_labels: np.ndarray, n_classes: int, fit_rows: int, bootstrap: int,
+            seed: int) -> ProbeResult:
+    """A probe's result from its per-row correctness on the scored rows."""
+    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
+                       chance=chance_level(scored_labels, n_classes), fit_rows=fit_rows,
+                       scored_rows=len(scored_labels), correct=correct)
+
+
 def probe(features: np.ndarray, labels, k: int, n_classes: int, seed: int, bootstrap: int) -> ProbeResult:
     """Fit the probe on `k` rows of `features` and score it on the others (see `split_rows`)."""
     labels = np.asarray(labels, dtype=np.int64)
     fit, scored = split_rows(len(labels), k, seed)
     model = fit_softmax_regression(features[fit], labels[fit], n_classes)
     correct = predict_softmax_regression(model, features[scored]) == labels[scored]
-    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
-                       chance=chance_level(labels[scored], n_classes),
-                       fit_rows=len(fit), scored_rows=len(scored), correct=correct)
+    return _scored(correct, labels[scored], n_classes, len(fit), bootstrap, seed)
 
 
 def probe_texts(model, ids: list[list[int]], labels, *, layer: int, k: int, n_classes: int, seed: int,
@@ -204,9 +210,7 @@ def probe_mixed(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_la
     model = fit_softmax_regression(np.concatenate([plain[fit_p], shifted[fit_s]]),
                                    np.concatenate([plain_labels[fit_p], shifted_labels[fit_s]]), n_classes)
     correct = predict_softmax_regression(model, shifted[scored]) == shifted_labels[scored]
-    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
-                       chance=chance_level(shifted_labels[scored], n_classes),
-                       fit_rows=len(fit_p) + len(fit_s), scored_rows=len(scored), correct=correct)
+    return _scored(correct, shifted_labels[scored], n_classes, len(fit_p) + len(fit_s), bootstrap, seed)
 
 
 def probe_transfer(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted_labels, k: int, n_classes: int,
@@ -221,9 +225,7 @@ def probe_transfer(plain: np.ndarray, plain_labels, shifted: np.ndarray, shifted
     _, scored = split_rows(len(shifted_labels), k, seed)
     model = fit_softmax_regression(plain[fit], plain_labels[fit], n_classes)
     correct = predict_softmax_regression(model, shifted[scored]) == shifted_labels[scored]
-    return ProbeResult(accuracy=float(correct.mean()), ci=scoring.bootstrap_ci(correct, bootstrap, seed),
-                       chance=chance_level(shifted_labels[scored], n_classes),
-                       fit_rows=len(fit), scored_rows=len(scored), correct=correct)
+    return _scored(correct, shifted_labels[scored], n_classes, len(fit), bootstrap, seed)
 
 
 def verdict(gap: float, gap_ci: tuple[float, float], probe_result: ProbeResult, lead: Selectivity,
