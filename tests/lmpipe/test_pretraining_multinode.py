@@ -76,8 +76,10 @@ def test_two_nodes_train_the_curve_of_one_node_with_two_processes(tmp_path_facto
         assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(ref, got)), (name, ref, got)
     metrics = json.loads((nodes[0] / "metrics/pretrain.json").read_text())
     assert metrics["world_size"] == 2 and metrics["tokens_seen"] == 20 * 8 * 32 * 2
+    # threads: each node's one rank has its node's cores to itself (2), the single node's two share them (1)
+    assert metrics["threads"] == 2 * json.loads((one / "metrics/pretrain.json").read_text())["threads"]
     assert metrics == {**json.loads((one / "metrics/pretrain.json").read_text()),
-                       **{k: metrics[k] for k in metrics if "_s" in k or "per_s" in k or "mfu" in k}}
+                       **{k: metrics[k] for k in metrics if "_s" in k or "per_s" in k or "mfu" in k or k == "threads"}}
     assert not (nodes[1] / "metrics/pretrain.json").exists() and not (nodes[1] / "models/base").exists()
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from lmpipe.params import CleanParams
 from lmpipe.shifts import SHIFT_LABEL_EFFECT, encode
 from lmpipe.text import text_key
 from lmpipe.world import LEXICON_A, LEXICON_B, NOISE_KINDS, WorldParams, generate_world
@@ -132,7 +133,9 @@ def test_noise_is_what_it_claims(world):
 def test_clean_plain_documents_pass_english_quality_heuristics(world):
     c = world.corpus
     clean = c[(c["noise"] == "") & (c["domain"] != "encoded")]
-    assert (clean["text"].str.split().str.len() >= 20).all()
+    words = clean["text"].str.split().str.len()
+    # the clean stage's length floor; lore notes can be short (two facts), every other domain is long
+    assert (words >= CleanParams().min_words).all() and (words[clean["domain"] != "lore"] >= 20).all()
     lines = clean["text"].str.split("\n").explode()
     assert lines.str.match(r".*[.!?]$").all()
     assert (clean["text"].str.len().mean()) > 200

@@ -91,8 +91,9 @@ def test_reruns_follow_the_params_each_stage_reads(monkeypatch):
     dag = study_mod.Dag.read()
     assert study_mod.reruns((), dag, set()) == []
     assert study_mod.reruns(("finetune.replay_weight",), dag, set()) == ["finetune", "evaluate", "generate", "report"]
-    assert study_mod.reruns(("world.encoded_share",), dag, set())[:5] == ["ingest", "clean", "tokenize", "pretrain",
-                                                                          "finetune"]
+    assert study_mod.reruns(("world.encoded_share",), dag, set())[:6] == ["ingest", "clean", "tokenize", "pretrain",
+                                                                          "sft", "finetune"]
+    assert study_mod.reruns(("sft.safety_augment",), dag, set()) == ["sft", "redteam", "report"]
     # a stage changed since dvc.lock reruns, and what is below it, whatever the params
     assert study_mod.reruns((), dag, {"evaluate", "check_params"}) == ["evaluate", "report"]
 
@@ -106,7 +107,7 @@ def test_the_estimate_is_arithmetic_on_the_recorded_wall_times(monkeypatch, tmp_
     seconds, lines = study_mod.estimate(entries, kept={"e-replay-3"}, metrics_dir=tmp_path)
     setup, untimed = study_mod.EXPERIMENT_SETUP_S, study_mod.UNTIMED_STAGE_S
     finetune_only = setup + 10 + 3 * untimed  # finetune + evaluate, generate, report
-    world = setup + 100 + 10 + 6 * untimed  # + ingest, clean, tokenize, pretrain
+    world = setup + 100 + 10 + 8 * untimed  # + ingest, clean, tokenize, pretrain, sft, redteam
     # replay 0 = params.yaml (setup only), 0.25 and 0.5 (1 is kept), encoded_share 0 and 0.15 (0.05 = params.yaml)
     assert seconds == pytest.approx(setup + 2 * finetune_only + 2 * world)
     assert "e-replay-1: reruns finetune, evaluate, generate, report" in "\n".join(lines)

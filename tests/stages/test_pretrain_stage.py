@@ -27,8 +27,8 @@ def test_nproc_relaunches_under_torchrun(monkeypatch):
     calls = []
     monkeypatch.setattr(launch.os, "execv", lambda exe, argv: calls.append((exe, argv)))
     launch.relaunch_with_torchrun(2, "stages.pretrain")
-    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                       "--nproc_per_node=2", "-m", "stages.pretrain"])]
+    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                                       "--standalone", "-m", "stages.pretrain"])]
 
 
 def test_gate_rejects_nan_and_val_above_unigram(tmp_path, monkeypatch):
