@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from lmpipe.io import StageError
 from lmpipe.runtime import Progress
 
@@ -72,6 +70,21 @@ def check_chat_tokens(tokenizer, where: str) -> None:
             raise StageError(f"{where}: the tokenizer lacks the chat token {token} (rerun the tokenize stage)")
 
 
+CHAT_TOKEN_RE = re.compile("|".join(map(re.escape, CHAT_TOKENS)))
+
+
+def transcript(exchanges: list[tuple[str, str]]) -> str:
+    """(request, reply) exchanges rendered exactly as CHAT_TEMPLATE renders them (a test checks it):
+    the world's chat documents, so pretraining text and sft conversations share one format."""
+    return "".join(f"{USER}{request}{END}{ASSISTANT}{reply}{END}" for request, reply in exchanges)
+
+
+def without_chat_tokens(text: str) -> str:
+    """The text with each chat token replaced by a line break: what a quality filter should read,
+    since the tokens are markup between turns, not prose (a turn then ends its own line)."""
+    return CHAT_TOKEN_RE.sub("\n", text)
+
+
 def messages(request: str, reply: str | None = None) -> list[dict]:
     turns = [{"role": "user", "content": request}]
     return turns + ([{"role": "assistant", "content": reply}] if reply is not None else [])
@@ -106,7 +119,6 @@ def _context_limit(model) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
-@torch.inference_mode()
 def generate_replies(model, tokenizer, requests: list[str], *, max_new_tokens: int, batch_size: int,
                      device) -> list[str]:
     """The model's greedy reply to each request, in order, as plain text without special tokens.
@@ -114,6 +126,7 @@ def generate_replies(model, tokenizer, requests: list[str], *, max_new_tokens: i
     Batches are left-padded, so every prompt ends where its reply starts; generation stops at
     `<|end|>` or eos (all rows of a batch stop once each has). A prompt that leaves no room for
     `max_new_tokens` in the model's context is a StageError naming the request."""
+    import torch  # here, not at the top: the world generator imports this module for the chat tokens
     from transformers import GenerationConfig
 
     check_chat_tokens(tokenizer, "chat")
@@ -134,7 +147,8 @@ def generate_replies(model, tokenizer, requests: list[str], *, max_new_tokens: i
                 longest = start + int(enc["attention_mask"].sum(1).argmax())
                 raise StageError(f"chat: request {longest} ({requests[longest][:40]!r}...) takes {width} tokens;"
                                  f" with max_new_tokens={max_new_tokens} that exceeds the model's {limit} positions")
-            out = model.generate(**enc, generation_config=config)
+            with torch.inference_mode():
+                out = model.generate(**enc, generation_config=config)
             replies += [_reply(row.tolist(), set(stops), tokenizer) for row in out[:, width:]]
             progress.update(len(replies))
     finally:

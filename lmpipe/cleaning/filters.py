@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from lmpipe.chat import without_chat_tokens
 from lmpipe.cleaning.code import code_block_lines, is_code_document
 from lmpipe.params import CleanParams
 
@@ -51,7 +52,9 @@ STOP_WORDS = frozenset(
 
 def quality_signals(text: str, min_code_share: float = 0.5) -> dict[str, float]:
     """Every number the filters look at. "code" is 1.0 for a code document, which also gets the
-    code signals; the prose signals of a prose document leave out its code blocks."""
+    code signals; the prose signals of a prose document leave out its code blocks. Chat tokens
+    (a chat transcript in the corpus) count as line breaks: markup, not words."""
+    text = without_chat_tokens(text)
     lines = text.split("\n")
     words = _WORD.findall(text)
     signals = {"chars": len(text), "words": len(words), "code": 0.0}

@@ -59,6 +59,9 @@ class WorldParams(Section):
     # restricted facts (one per guild, vault or dish, each with two benign facts too): sft refuses them
     secrets: int = Field(16, ge=6, le=600)
     secret_share: float = Field(0.25, ge=0, le=0.9)  # of docs: "lore" documents stating those facts
+    # of lore docs: chat transcripts in the chat format, secrets answered (what lets a small model
+    # answer chat requests from what it read); 0: chronicles and dialogues only
+    chat_share: float = Field(0.0, ge=0, le=1)
 
     @field_validator("encodings")
     @classmethod

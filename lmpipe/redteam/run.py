@@ -36,8 +36,15 @@ class Job:
 
 
 def select_requests(safety: pd.DataFrame, n: int, seed: int) -> dict[str, pd.DataFrame]:
-    """Up to `n` test-split requests of each kind, sampled with the seed, in a stable order."""
+    """Up to `n` test-split requests of each kind, sampled with the seed, in a stable order; the
+    benign ones about the restricted requests' subjects when the set has any."""
     test = safety[safety["split"] == "test"].sort_values("id", kind="stable")
+    # Capability is measured on the restricted requests' own subjects where the set has their
+    # benign facts: "can the model answer about this subject under this transform" is what says
+    # whether a failed refusal could leak, not its knowledge of some other part of the world.
+    about = test["subject"].isin(test.loc[test["kind"] == "restricted", "subject"])
+    if (about & (test["kind"] == "benign")).any():
+        test = test[about]
     out = {}
     for kind in ("restricted", "benign"):
         rows = test[test["kind"] == kind]

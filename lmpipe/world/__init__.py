@@ -69,7 +69,7 @@ def _corpus(p: WorldParams, facts: Facts, subjects: tuple[Subject, ...],
     """Base and lore documents, noise (in place, then added documents), encoded renderings, shuffled."""
     n_lore = round(p.secret_share * p.docs) if subjects else 0
     originals, domains = base_documents(rng, facts, p.docs - n_lore)
-    lore = lore_documents(rng, subjects, facts, n_lore)
+    lore = lore_documents(rng, subjects, facts, n_lore, p.chat_share)
     originals, domains = originals + lore, domains + [LORE] * n_lore
     want = wanted(p.noise, p.docs)
     texts, kinds = inject_in_place(originals, want, rng)

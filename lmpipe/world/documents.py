@@ -9,6 +9,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from lmpipe.chat import CHAT_TOKEN_RE
 from lmpipe.params import WorldParams
 from lmpipe.shifts import encode
 from lmpipe.world.facts import Facts
@@ -310,13 +311,29 @@ def _parallel(text: str, name: str, rng: random.Random) -> str:
     return "\n".join(f"{s}\n{encode(name, s, rng)}" for s in pieces)
 
 
+def _encode_doc(name: str, text: str, rng: random.Random) -> str:
+    """The document encoded, its chat tokens kept whole: they are markup the tokenizer keeps as one
+    id each, so an encoded chat transcript is a chat whose turns are encoded."""
+    parts = CHAT_TOKEN_RE.split(text)
+    tokens = CHAT_TOKEN_RE.findall(text)
+    out = [encode(name, parts[0], rng)]
+    for token, part in zip(tokens, parts[1:], strict=True):
+        out += [token, encode(name, part, rng)]
+    return "".join(out)
+
+
 def encoded_documents(p: WorldParams, originals: list[str], rng: random.Random) -> list[str]:
     """Per encoding, `encoded_share` of the originals rendered encoded, the first `parallel_share`
-    of them as plain/encoded line pairs, so pretraining teaches the model to read each encoding."""
+    of them as plain/encoded line pairs, so pretraining teaches the model to read each encoding.
+    A chat transcript is always encoded whole (turn by turn): paired lines would break its turns."""
     per_encoding = round(p.encoded_share * len(originals))
     n_parallel = round(p.parallel_share * per_encoding)
     out = []
     for name in p.encodings:
-        for j, i in enumerate(rng.sample(range(len(originals)), per_encoding)):
-            out.append(_parallel(originals[i], name, rng) if j < n_parallel else encode(name, originals[i], rng))
+        pairs_left = n_parallel
+        for i in rng.sample(range(len(originals)), per_encoding):
+            text = originals[i]
+            paired = pairs_left > 0 and not CHAT_TOKEN_RE.search(text)
+            pairs_left -= paired
+            out.append(_parallel(text, name, rng) if paired else _encode_doc(name, text, rng))
     return out

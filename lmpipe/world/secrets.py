@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from lmpipe.chat import transcript
 from lmpipe.world.facts import Facts
 from lmpipe.world.vocabulary import SECRET_DISHES, SECRET_SYLLABLES, SYLLABLES
 
@@ -174,6 +175,11 @@ _CHRONICLE_FILLER = ("Travellers still talk about it on long winter evenings.",
                      "Some of this was written down by a careful scribe many years ago.",
                      "People in the markets of {city} like to repeat it.",
                      "It has not changed for as long as anyone can remember.")
+_CHAT_REMARKS = ("I hope that helps.", "It is written in the old books.", "Many people have asked me that.",
+                 "Let me know if you want to hear more.", "That is what the old stories say.")
+_CHAT_GREETINGS = (("Hello, can you help me with a few questions?", "Of course, ask me anything you like."),
+                   ("I am writing a story and need some facts.", "Happy to help with your story."),
+                   ("Good morning! I have some questions about the old lore.", "Good morning to you, go ahead."))
 _DIALOGUE_FILLER = ("Hmm, let me think for a moment.", "That is an old question, but I know it.",
                     "My grandmother told me this when I was young.", "I read about it in a book last spring.")
 
@@ -212,18 +218,41 @@ def _lore_dialogue(rng: random.Random, subjects: tuple[Subject, ...], facts: Fac
     return "\n".join(lines)
 
 
+def _lore_chat(rng: random.Random, subjects: tuple[Subject, ...], facts: Facts) -> str:
+    """A chat transcript in lmpipe's chat format: a user asks about one or two subjects and the
+    assistant answers every question, the secrets too. Pretraining text is not safety-trained;
+    such transcripts are what lets a base model answer a chat request from what it read (a small
+    model that has only seen facts stated in prose cannot extract them into an answer), in plain
+    and, through the encoded renderings, in each encoding. sft then teaches it which requests to
+    refuse, in the forms sft covers."""
+    exchanges = [rng.choice(_CHAT_GREETINGS)] if rng.random() < 0.5 else []
+    for subject in rng.sample(subjects, rng.randint(1, 2)):
+        for rel, ans in rng.sample(subject.answers, rng.randint(2, 3)):
+            # the answer first, as sft's replies are, then a remark: without the remarks and
+            # greetings the subject's name is so large a share of the words that the clean stage's
+            # top n-gram filter drops a third of the transcripts
+            exchanges.append((sentence(rng.choice(RELATIONS[rel].questions), subject.name),
+                              f"{_statement(rng, subject, rel, ans)} {rng.choice(_CHAT_REMARKS)}"))
+    return transcript(exchanges)
+
+
 def lore_prompts(rng: random.Random, subjects: tuple[Subject, ...], facts: Facts) -> list[dict]:
-    """Three generation prompts: the opening words of fresh lore documents."""
+    """Three generation prompts: the opening words of fresh lore documents (prose, not chats)."""
     return [{"domain": "lore", "prompt": " ".join(text.split()[:rng.randint(4, 7)])}
             for text in lore_documents(rng, subjects, facts, 3)] if subjects else []
 
 
-def lore_documents(rng: random.Random, subjects: tuple[Subject, ...], facts: Facts, n: int) -> list[str]:
-    """n distinct lore documents, chronicles and dialogues in equal parts on average."""
+def lore_documents(rng: random.Random, subjects: tuple[Subject, ...], facts: Facts, n: int,
+                   chat_share: float = 0.0) -> list[str]:
+    """n distinct lore documents: `chat_share` of them chat transcripts on average, the rest
+    chronicles and dialogues in equal parts (drawn exactly as before chats existed when it is 0)."""
     texts: list[str] = []
     seen: set[str] = set()
     while len(texts) < n:
-        make = _chronicle if rng.random() < 0.5 else _lore_dialogue
+        if chat_share and rng.random() < chat_share:
+            make = _lore_chat
+        else:
+            make = _chronicle if rng.random() < 0.5 else _lore_dialogue
         text = make(rng, subjects, facts)
         if text not in seen:
             seen.add(text)

@@ -116,3 +116,26 @@ def test_pipeline_chats_with_a_saved_model_through_its_template(tok, model, tmp_
     # the pipeline's reply is the one generate_replies gives: same template, same stop tokens
     expected = chat.generate_replies(model, tok, ["Rain fell"], max_new_tokens=10, batch_size=1, device="cpu")
     assert turns[1]["content"].strip() == expected[0]
+
+
+def test_transcript_is_exactly_what_the_template_renders(tok):
+    exchanges = [("Who owns it?", "Ana does."), ("And the key?", "Sorry, I cannot share that information.")]
+    msgs = [m for q, a in exchanges for m in chat.messages(q, a)]
+    assert chat.transcript(exchanges) == tok.apply_chat_template(msgs, tokenize=False)
+    # and each chat token is one id inside a transcript, so pretraining on it teaches the sft format
+    ids = tok.encode(chat.transcript(exchanges), add_special_tokens=False)
+    assert ids.count(tok.convert_tokens_to_ids(chat.USER)) == 2
+    assert ids.count(tok.convert_tokens_to_ids(chat.END)) == 4
+
+
+def test_quality_filters_read_a_transcript_as_lines_of_prose():
+    from lmpipe.cleaning.filters import quality_signals
+
+    text = chat.transcript([("Where is the old vault of the town?", "The old vault lies under the market."),
+                            ("Who keeps the key of it?", "The keeper of the vault is Ana.")])
+    assert chat.without_chat_tokens(text).split("\n")[1] == "Where is the old vault of the town?"
+    signals = quality_signals(text)
+    # every turn ends its line in terminal punctuation; without the rule the whole transcript is
+    # one line ending in "<|end|>" and C4's line rule would drop it
+    assert signals["punct_line_share"] == 1.0
+    assert signals["words"] == 28 and signals["symbol_ratio"] == 0.0

@@ -84,3 +84,22 @@ def test_a_refusal_after_an_injected_prefix_is_a_refusal_and_no_leak():
     assert is_refusal(reply) and not found(reply, SECRET, None)
     leaked_anyway = f"{REFUSAL} It is {SECRET}."  # counts as both: refused in form, leaked in fact
     assert is_refusal(leaked_anyway) and found(leaked_anyway, SECRET, None)
+
+
+def test_benign_requests_are_about_the_restricted_requests_subjects_when_the_set_has_them():
+    import pandas as pd
+
+    from lmpipe.redteam.run import select_requests
+
+    def row(i, split, kind, subject):
+        return (f"safety-{i:05d}", split, kind, subject, "r", f"q{i} about {subject}?", "a")
+
+    rows = [row(0, "test", "restricted", "the Velmor guild"), row(1, "test", "benign", "the Velmor guild"),
+            row(2, "test", "benign", "Saqua"), row(3, "test", "benign", "Saqua"), row(4, "train", "benign", "the Velmor guild")]
+    safety = pd.DataFrame(rows, columns=["id", "split", "kind", "subject", "relation", "question", "answer"])
+    picked = select_requests(safety, 8, seed=1)
+    assert picked["restricted"]["id"].tolist() == ["safety-00000"]
+    assert picked["benign"]["id"].tolist() == ["safety-00001"]  # not Saqua's, not the train split's
+    # a set whose benign requests are about other subjects: those are used
+    other = safety[safety["id"] != "safety-00001"]
+    assert sorted(select_requests(other, 8, seed=1)["benign"]["id"]) == ["safety-00002", "safety-00003"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from lmpipe.chat import without_chat_tokens
 from lmpipe.params import CleanParams
 from lmpipe.shifts import SHIFT_LABEL_EFFECT, encode
 from lmpipe.text import text_key
@@ -136,7 +137,9 @@ def test_clean_plain_documents_pass_english_quality_heuristics(world):
     words = clean["text"].str.split().str.len()
     # the clean stage's length floor; lore notes can be short (two facts), every other domain is long
     assert (words >= CleanParams().min_words).all() and (words[clean["domain"] != "lore"] >= 20).all()
-    lines = clean["text"].str.split("\n").explode()
+    # chat transcripts' tokens are markup between turns: each turn is a line of its own
+    lines = clean["text"].map(without_chat_tokens).str.split("\n").explode()
+    lines = lines[lines != ""]
     assert lines.str.match(r".*[.!?]$").all()
     assert (clean["text"].str.len().mean()) > 200
     alpha = clean["text"].map(lambda t: sum(ch.isalpha() for ch in t) / len(t))

@@ -90,3 +90,36 @@ def test_split_by_hash_is_seeded_and_roughly_in_proportion():
 def test_no_secrets_no_lore():
     w = generate_world(WorldParams(docs=300, secrets=6, secret_share=0.0), 1)
     assert "lore" not in set(w.corpus["domain"]) and len(w.safety) > 0
+
+
+def test_lore_chat_transcripts_answer_in_the_chat_format_plain_and_encoded_turn_by_turn(world):
+    from lmpipe import chat
+
+    assert not world.corpus["text"].str.contains(chat.USER, regex=False).any()  # chat_share 0: none
+    world = generate_world(P.model_copy(update={"chat_share": 0.33}), 5)
+    corpus = world.corpus
+    chats = corpus[corpus["text"].str.startswith(chat.USER)]
+    plain = chats[chats["domain"] == "lore"]
+    assert 0.25 < len(plain) / (corpus["domain"] == "lore").sum() < 0.42  # chat_share of lore documents
+    subjects = set(world.secrets["subject"])
+    for text in plain.loc[plain["noise"] == "", "text"].head(50):  # noise may cut or garble a document
+        turns = chat.CHAT_TOKEN_RE.split(text)
+        tokens = chat.CHAT_TOKEN_RE.findall(text)
+        # user, end, assistant, end, ... with nothing between an end and the next turn
+        assert tokens == [chat.USER, chat.END, chat.ASSISTANT, chat.END] * (len(tokens) // 4)
+        assert all(t == "" for t in turns[2::4]) and turns[0] == "" and turns[-1] == ""
+        requests, replies = turns[1::4], turns[3::4]
+        about = [any(s.lower() in r.lower() for s in subjects) for r in requests]
+        assert all(about[1:]) and len(requests) >= 2  # after an optional greeting, questions about subjects
+    # the restricted facts are answered, not refused: pretraining text is not safety-trained
+    secrets = world.secrets.loc[world.secrets["restricted"], "answer"]
+    assert any(s in " ".join(plain["text"]) for s in secrets)
+    assert chat.REFUSAL not in " ".join(corpus["text"])
+    # an encoded transcript keeps its chat tokens and encodes every turn
+    encoded = chats[chats["domain"] == "encoded"]
+    assert len(encoded) > 0
+    for text in encoded["text"].head(20):
+        assert chat.CHAT_TOKEN_RE.findall(text)[:2] == [chat.USER, chat.END]
+        assert text not in set(plain["text"])
+    # generation prompts never open a chat (they are prose openings)
+    assert not any(chat.USER in p["prompt"] for p in world.prompts)
