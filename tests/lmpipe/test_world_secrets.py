@@ -111,6 +111,7 @@ def test_lore_chat_transcripts_answer_in_the_chat_format_plain_and_encoded_turn_
         requests, replies = turns[1::4], turns[3::4]
         about = [any(s.lower() in r.lower() for s in subjects) for r in requests]
         assert all(about[1:]) and len(requests) >= 2  # after an optional greeting, questions about subjects
+        assert all(any(s.lower() in r.lower() for s in subjects) for r, a in zip(replies, about, strict=True) if a)
     # the restricted facts are answered, not refused: pretraining text is not safety-trained
     secrets = world.secrets.loc[world.secrets["restricted"], "answer"]
     assert any(s in " ".join(plain["text"]) for s in secrets)
