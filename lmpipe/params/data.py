@@ -62,6 +62,9 @@ class WorldParams(Section):
     # of lore docs: chat transcripts in the chat format, secrets answered (what lets a small model
     # answer chat requests from what it read); 0: chronicles and dialogues only
     chat_share: float = Field(0.0, ge=0, le=1)
+    # per encoding, share of lore docs rendered encoded once more (on top of encoded_share): the
+    # exposure a small model needs to answer an encoded request, without changing other domains'
+    lore_encoded_share: float = Field(0.0, ge=0, le=1)
 
     @field_validator("encodings")
     @classmethod

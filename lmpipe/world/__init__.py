@@ -76,7 +76,8 @@ def _corpus(p: WorldParams, facts: Facts, subjects: tuple[Subject, ...],
     seen = set(originals) | set(texts)
     records = list(zip(texts, domains, kinds, strict=True))
     records += added_documents(originals, domains, kinds, want, seen, rng, list(DOMAIN_WEIGHTS))
-    records += [(text, "encoded", []) for text in encoded_documents(p, originals, rng)]
+    lore_at = range(len(originals) - n_lore, len(originals))
+    records += [(text, "encoded", []) for text in encoded_documents(p, originals, rng, lore_at)]
     rng.shuffle(records)
     corpus = pd.DataFrame({
         "id": [f"world-{i:07d}" for i in range(len(records))],

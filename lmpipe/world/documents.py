@@ -322,10 +322,11 @@ def _encode_doc(name: str, text: str, rng: random.Random) -> str:
     return "".join(out)
 
 
-def encoded_documents(p: WorldParams, originals: list[str], rng: random.Random) -> list[str]:
+def encoded_documents(p: WorldParams, originals: list[str], rng: random.Random, lore: range = range(0)) -> list[str]:
     """Per encoding, `encoded_share` of the originals rendered encoded, the first `parallel_share`
     of them as plain/encoded line pairs, so pretraining teaches the model to read each encoding.
-    A chat transcript is always encoded whole (turn by turn): paired lines would break its turns."""
+    A chat transcript is always encoded whole (turn by turn): paired lines would break its turns.
+    Then `lore_encoded_share` of the lore documents at positions `lore` once more per encoding."""
     per_encoding = round(p.encoded_share * len(originals))
     n_parallel = round(p.parallel_share * per_encoding)
     out = []
@@ -336,4 +337,8 @@ def encoded_documents(p: WorldParams, originals: list[str], rng: random.Random) 
             paired = pairs_left > 0 and not CHAT_TOKEN_RE.search(text)
             pairs_left -= paired
             out.append(_parallel(text, name, rng) if paired else _encode_doc(name, text, rng))
+    # then, per encoding, lore_encoded_share of the lore documents (positions `lore`) encoded whole
+    per_lore = round(p.lore_encoded_share * len(lore))
+    for name in p.encodings if per_lore else ():
+        out += [_encode_doc(name, originals[i], rng) for i in rng.sample(lore, per_lore)]
     return out

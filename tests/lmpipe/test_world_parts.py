@@ -1,6 +1,7 @@
 """The world generator's parts one by one, and the constants that lmpipe.params keeps in step with them."""
 
 import random
+import re
 
 import pytest
 
@@ -66,6 +67,30 @@ def test_encoded_documents_count_and_parallel_share():
         shifts.encode("rot13", a, None) == b for a, b in zip(t.split("\n")[::2], t.split("\n")[1::2], strict=True))]
     assert len(pairs) == 10
     assert all(shifts.encode("rot13", t, None) in originals for t in rot13[10:])
+
+
+def test_lore_encoded_share_adds_encoded_lore_documents_only_and_keeps_chat_tokens():
+    from lmpipe import chat
+
+    facts = make_facts(random.Random(1), 10)
+    originals, _ = base_documents(random.Random(2), facts, 100)
+    lore_texts = [chat.transcript([("Where is the old vault?", "The old vault lies in Osttir.")]),
+                  "The password of the Velmor guild is zibquel. People like to repeat it."] * 5
+    docs = originals + lore_texts
+    lore = range(100, 110)
+    base = WorldParams(docs=110, encoded_share=0.1, encodings=["rot13", "reverse"])
+    plain_out = encoded_documents(base, docs, random.Random(3), lore)
+    more = encoded_documents(base.model_copy(update={"lore_encoded_share": 0.5}), docs, random.Random(3), lore)
+    assert more[:len(plain_out)] == plain_out  # the same renderings first, then 5 lore ones per encoding
+    extra = more[len(plain_out):]
+    assert len(extra) == 2 * 5
+    # rot13 is its own inverse: decoding every stretch between chat tokens gives lore documents back
+    decoded = {"".join(p if chat.CHAT_TOKEN_RE.fullmatch(p) else shifts.encode("rot13", p, None)
+                       for p in re.split(f"({chat.CHAT_TOKEN_RE.pattern})", t)) for t in extra[:5]}
+    assert decoded <= set(lore_texts)
+    chats = [t for t in extra if t.startswith(chat.USER)]
+    assert chats and all(chat.CHAT_TOKEN_RE.findall(t) == [chat.USER, chat.END, chat.ASSISTANT, chat.END] for t in chats)
+    assert any(t.startswith("<|user|>Erehw si eht dlo tluav?<|end|><|assistant|>") for t in extra[5:])
 
 
 def _noised(n: int = 300, **rates):
