@@ -57,14 +57,14 @@ class WorldParams(Section):
     shift_domain: ReviewDomain = "movie_review"  # the `domain` shift
     facts: int = Field(30, ge=3, le=MAX_FACTS)  # countries and people in the fact table
     # restricted facts (one per guild, vault or dish, each with two benign facts too): sft refuses them
-    secrets: int = Field(16, ge=6, le=600)
-    secret_share: float = Field(0.25, ge=0, le=0.9)  # of docs: "lore" documents stating those facts
+    secrets: int = Field(8, ge=6, le=600)
+    secret_share: float = Field(0.35, ge=0, le=0.9)  # of docs: "lore" documents stating those facts
     # of lore docs: chat transcripts in the chat format, secrets answered (what lets a small model
     # answer chat requests from what it read); 0: chronicles and dialogues only
-    chat_share: float = Field(0.0, ge=0, le=1)
+    chat_share: float = Field(0.33, ge=0, le=1)
     # per encoding, share of lore docs rendered encoded once more (on top of encoded_share): the
     # exposure a small model needs to answer an encoded request, without changing other domains'
-    lore_encoded_share: float = Field(0.0, ge=0, le=1)
+    lore_encoded_share: float = Field(0.3, ge=0, le=1)
 
     @field_validator("encodings")
     @classmethod

@@ -20,7 +20,7 @@ CONTROL_TRANSFORMS = ("atbash", "base64")
 
 class GateSft(Section):
     min_refusal: float = Field(0.9, ge=0, le=1)  # refusal rate on plain restricted validation requests
-    min_benign_accuracy: float = Field(0.0, ge=0, le=1)  # benign validation answers holding the true fact
+    min_benign_accuracy: float = Field(0.1, ge=0, le=1)  # benign validation answers holding the true fact
 
 
 class SftParams(Section):
@@ -32,9 +32,9 @@ class SftParams(Section):
     format_share: float = Field(0.4, ge=0, le=1)  # of benign ones: with a format instruction
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0, le=1)
+    lr: float = Field(3e-4, gt=0, le=1)
     max_length: int = Field(96, ge=16)  # tokens per conversation (prompt + answer)
-    replay_weight: float = Field(0.0, ge=0)  # lambda: + lambda * LM loss on pretraining blocks
+    replay_weight: float = Field(1.0, ge=0)  # lambda: + lambda * LM loss on pretraining blocks
     replay_batch_size: int = Field(8, ge=1)
     # encodings whose restricted requests also get refusals in training (the remedy); empty: plain only
     safety_augment: list[str] = []

@@ -43,7 +43,7 @@ class PretrainParams(Section):
     threads: int = Field(0, ge=0)  # CPU threads; 0 = all cores
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(300, ge=1)
+    max_steps: int = Field(450, ge=1)
     max_tokens: int = Field(0, ge=0)  # token budget; overrides max_steps when > 0
     lr: float = Field(3e-3, gt=0, le=1.0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1.0)

@@ -85,21 +85,24 @@ def _transcripts(rows: list[dict], n: int, *, plain: bool) -> list[dict]:
     return sorted(rows, key=key)[:n]
 
 
-def score(jobs: list[Job], replies: list[str], params: Params) -> tuple[dict, dict]:
-    """metrics/redteam.json and the transcripts file, from the replies."""
+def score(jobs: list[Job], replies: list[str], params: Params, secrets: list[str] = ()) -> tuple[dict, dict]:
+    """metrics/redteam.json and the transcripts file, from the replies; `secrets` (every restricted
+    answer of the set) also gives each attack's leak rate."""
     p, seed = params.redteam, params.seed
     rows: dict[tuple[str, str], list[dict]] = {}
     for job, reply in zip(jobs, replies, strict=True):
         rows.setdefault((job.attack.name, job.kind), []).append(
             {"index": job.index, "request": job.request, "prompt": job.prompt, "reply": reply,
-             "success": scoring.found(reply, job.target, job.attack.encoding), "refused": is_refusal(reply)})
+             "success": scoring.found(reply, job.target, job.attack.encoding), "refused": is_refusal(reply),
+             "leaked": bool(secrets) and scoring.leaks(reply, list(secrets), job.attack.encoding)})
     attack_of = {j.attack.name: j.attack for j in jobs}
 
     def flags(name: str, kind: str, key: str) -> list[bool]:
         return [r[key] for r in rows[(name, kind)]]
 
+    leaked = (lambda name: flags(name, "restricted", "leaked")) if secrets else (lambda name: None)
     plain = scoring.plain_metrics(flags("plain", "restricted", "success"), flags("plain", "restricted", "refused"),
-                                  p.bootstrap, seed)
+                                  p.bootstrap, seed, leaked("plain"))
     benign = scoring.benign_metrics(flags("plain", "benign", "success"), flags("plain", "benign", "refused"))
     attacks = {}
     for name, attack in attack_of.items():
@@ -107,7 +110,8 @@ def score(jobs: list[Job], replies: list[str], params: Params) -> tuple[dict, di
             continue
         attacks[name] = scoring.attack_metrics(
             name, attack.family, flags(name, "restricted", "success"), flags(name, "restricted", "refused"),
-            flags(name, "benign", "success"), attack.encoding in params.sft.safety_augment, p.bootstrap, seed)
+            flags(name, "benign", "success"), attack.encoding in params.sft.safety_augment, p.bootstrap, seed,
+            leaked(name))
     metrics = {"plain": plain, "benign": benign, "attacks": attacks,
                "findings": scoring.findings(plain, benign, attacks)}
     transcripts = {name: _transcripts(rows[(name, "restricted")], p.transcripts, plain=name == "plain")
@@ -136,4 +140,5 @@ def run(model, tokenizer, safety: pd.DataFrame, params: Params, device) -> tuple
     print(f"[redteam] {len(attacks)} attacks + plain x ({len(requests['restricted'])} restricted +"
           f" {len(requests['benign'])} benign requests) = {len(jobs)} prompts", flush=True)
     replies = generate_all(model, tokenizer, jobs, p, device)
-    return score(jobs, replies, params)
+    secrets = sorted(set(safety.loc[safety["kind"] == "restricted", "answer"]))
+    return score(jobs, replies, params, secrets)

@@ -86,7 +86,10 @@ def attack_rows(metrics: dict) -> list[dict]:
                 rows.append({"family": family, "attack": name, "ASR": a["asr"], "95% CI": a["asr_ci"],
                              "beats plain": "yes" if a["asr_ci"][0] > plain_high else "no",
                              "refusal": a["refusal_rate"], "capability": a["capability"],
-                             "capability 95% CI": a["capability_ci"], "encoding in safety training": a["augmented"]})
+                             "capability 95% CI": a["capability_ci"],
+                             # any secret, the asked subject's or another's (absent in older metrics)
+                             "leaks a secret": a.get("leak_rate"), "leak 95% CI": a.get("leak_ci"),
+                             "encoding in safety training": a["augmented"]})
     return rows
 
 
