@@ -63,7 +63,8 @@ def workspace(tmp_path, monkeypatch, base) -> Path:
 
 def sft_params(**sft) -> Params:
     params = parse_params({"pretrain": {"device": "cpu"}})
-    small = {"conversations": 60, "validation": 20, "epochs": 1, "batch_size": 8} | sft
+    # replay off unless a test turns it on (the default run's sft replays at 1.0)
+    small = {"conversations": 60, "validation": 20, "epochs": 1, "batch_size": 8, "replay_weight": 0.0} | sft
     return params.model_copy(update={"sft": params.sft.model_copy(update=small)})
 
 
