@@ -22,6 +22,8 @@ SMALL = {"docs": 2000, "task": {"train": 300, "validation": 60, "test": 80}}
 P = WorldParams(**SMALL)
 # Encoded documents per encoding in the fixture world (the schema default share of 2000 docs).
 PER_ENCODING = round(P.encoded_share * 2000)
+# and the lore documents encoded once more, per encoding
+PER_ENCODING_LORE = round(P.lore_encoded_share * round(P.secret_share * 2000))
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,8 +92,8 @@ def test_corpus_schema_and_sizes(world):
     assert list(c.columns) == ["id", "text", "source", "domain", "noise"]
     assert c["id"].is_unique and (c["source"] == "world").all()
     added = sum(world.noise_counts[k] for k in ("exact_dup", "near_dup", "short", "gibberish", "spam"))
-    encoded = len(P.encodings) * PER_ENCODING
-    assert encoded > 0
+    encoded = len(P.encodings) * (PER_ENCODING + PER_ENCODING_LORE)
+    assert PER_ENCODING > 0 and PER_ENCODING_LORE > 0
     assert len(c) == 2000 + added + encoded
     assert (c["domain"] == "encoded").sum() == encoded
 
@@ -213,11 +215,16 @@ def test_classes_are_balanced(classes):
 
 
 def test_encoded_share_zero_removes_all_encoded_text():
-    w = generate_world(WorldParams(docs=300, encoded_share=0, task={"train": 20, "validation": 10, "test": 10}), 0)
+    w = generate_world(WorldParams(docs=300, encoded_share=0, lore_encoded_share=0,
+                                   task={"train": 20, "validation": 10, "test": 10}), 0)
     assert "encoded" not in set(w.corpus["domain"])
     assert "encoded" not in {p["domain"] for p in w.prompts}
     # "the" under each encoding
     assert not w.corpus["text"].str.contains(r"\b(?:7h3|gur|eht)\b", case=False).any()
+    # encoded_share 0 alone leaves the lore documents' own encoded renderings
+    lore_only = generate_world(WorldParams(docs=300, encoded_share=0, task={"train": 20, "validation": 10, "test": 10}), 0)
+    encoded = lore_only.corpus[lore_only.corpus["domain"] == "encoded"]
+    assert len(encoded) == 3 * round(0.3 * round(0.35 * 300))
 
 
 def test_parallel_pairs_put_each_line_before_its_encoding(world):

@@ -78,7 +78,7 @@ def test_lore_encoded_share_adds_encoded_lore_documents_only_and_keeps_chat_toke
                   "The password of the Velmor guild is zibquel. People like to repeat it."] * 5
     docs = originals + lore_texts
     lore = range(100, 110)
-    base = WorldParams(docs=110, encoded_share=0.1, encodings=["rot13", "reverse"])
+    base = WorldParams(docs=110, encoded_share=0.1, encodings=["rot13", "reverse"], lore_encoded_share=0)
     plain_out = encoded_documents(base, docs, random.Random(3), lore)
     more = encoded_documents(base.model_copy(update={"lore_encoded_share": 0.5}), docs, random.Random(3), lore)
     assert more[:len(plain_out)] == plain_out  # the same renderings first, then 5 lore ones per encoding

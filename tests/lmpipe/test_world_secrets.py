@@ -95,7 +95,8 @@ def test_no_secrets_no_lore():
 def test_lore_chat_transcripts_answer_in_the_chat_format_plain_and_encoded_turn_by_turn(world):
     from lmpipe import chat
 
-    assert not world.corpus["text"].str.contains(chat.USER, regex=False).any()  # chat_share 0: none
+    prose = generate_world(P.model_copy(update={"chat_share": 0.0}), 5)
+    assert not prose.corpus["text"].str.contains(chat.USER, regex=False).any()  # chat_share 0: none
     world = generate_world(P.model_copy(update={"chat_share": 0.33}), 5)
     corpus = world.corpus
     chats = corpus[corpus["text"].str.startswith(chat.USER)]
