@@ -288,7 +288,8 @@ def _jsonable(value):
 def publish(entries: list[dict], outcomes: list[dict], out_dir: str, meta: dict) -> dict:
     """table.csv, index.html and the artifacts, from the metrics of every finished experiment."""
     log = get_run_logger()
-    revs = {r["experiment"]: r["full_rev"] for r in rows_from_exp_show(exp_show()) if r["kind"] == "experiment"}
+    revs = {r["experiment"]: r["full_rev"] for r in rows_from_exp_show(exp_show(all_commits=True))
+            if r["kind"] == "experiment"}
     by_name = {o["name"]: o for o in outcomes}
     # A point equal to params.yaml reproduces HEAD: `dvc exp run` finds every stage up to date and
     # records no experiment commit, so its metrics are the committed ones.
@@ -329,7 +330,9 @@ def study(groups: dict | None = None, only: list[str] | None = None, prefix: str
     entries = build_plan(chosen, prefix)  # all of them checked, before running any
     names = [e.experiment for e in entries if e.runs]
     points = [e.overrides for e in entries if e.runs]
-    kept, todo = plan(names, points, rows_from_exp_show(exp_show()))
+    # every commit's experiments: a study resumed after a commit (or one committed to while it ran)
+    # still finds the experiments it finished on the commit before
+    kept, todo = plan(names, points, rows_from_exp_show(exp_show(all_commits=True)))
     limit = time_limit_s or default_time_limit_s()
     estimated, lines = plan_lines(entries, {k.name for k in kept}, limit)
     log.info(f"study {prefix}: " + "\n".join(lines))
