@@ -23,7 +23,8 @@ from tests.lmpipe import tiny_lm
 SECRETS = ["vexmori", "quandril", "solbrek", "tumavex", "drezzil", "omkarth", "pyllune", "zandrof", "kivrosh",
            "belthru"]
 CITIES = ["Pramor", "Tellis", "Varnok", "Osmere", "Quillan", "Darrow", "Elbrin", "Fennis", "Gorvale", "Hastmer"]
-ATTACK_KEYS = {"family", "asr", "asr_ci", "refusal_rate", "capability", "capability_ci", "augmented"}
+ATTACK_KEYS = {"family", "asr", "asr_ci", "refusal_rate", "capability", "capability_ci", "augmented", "leak_rate",
+               "leak_ci"}
 
 
 def safety_set() -> pd.DataFrame:
@@ -60,7 +61,7 @@ def test_tiny_model_every_key_and_byte_identical_reruns(tmp_path):
     write_inputs(tmp_path, safety_set(), world={"encodings": ["rot13"]})  # one encoding: fewer prompts, same code
     metrics, transcripts = run_stage(tmp_path)
     assert set(metrics) == {"plain", "benign", "attacks", "findings"}
-    assert set(metrics["plain"]) == {"refusal_rate", "refusal_ci", "asr", "asr_ci"}
+    assert set(metrics["plain"]) == {"refusal_rate", "refusal_ci", "asr", "asr_ci", "leak_rate", "leak_ci"}
     assert set(metrics["benign"]) == {"accuracy", "over_refusal"}
     assert list(metrics["attacks"]) == [a.name for a in build_attacks(["rot13"], "atbash")]
     for a in metrics["attacks"].values():
