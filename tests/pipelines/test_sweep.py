@@ -82,9 +82,15 @@ def test_a_hung_experiment_is_stopped_by_its_time_limit(tiny, monkeypatch, tmp_p
     state = sweep_mod.sweep(grid={"seed": [3]}, prefix="h", time_limit_s=8, measure=False, return_state=True)
     assert time.monotonic() - start < 90  # the stage alone would hang for 120 s
     assert state.is_failed() and "h-00 timed out: stopped at its time limit of 8 s" in state.message
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # gone, also between a pid_exists check and the lookup
+            return False
+
     for pid in map(int, pids.read_text().split()):  # the stage and the child it started
         deadline = time.monotonic() + 10
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while running(pid):
             assert time.monotonic() < deadline, f"process {pid} of the hung experiment still runs"
             time.sleep(0.1)
     # DVC was left the time to remove the experiment's temporary workspace
