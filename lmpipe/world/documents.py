@@ -314,12 +314,9 @@ def _parallel(text: str, name: str, rng: random.Random) -> str:
 def _encode_doc(name: str, text: str, rng: random.Random) -> str:
     """The document encoded, its chat tokens kept whole: they are markup the tokenizer keeps as one
     id each, so an encoded chat transcript is a chat whose turns are encoded."""
-    parts = CHAT_TOKEN_RE.split(text)
-    tokens = CHAT_TOKEN_RE.findall(text)
-    out = [encode(name, parts[0], rng)]
-    for token, part in zip(tokens, parts[1:], strict=True):
-        out += [token, encode(name, part, rng)]
-    return "".join(out)
+    # split keeping the tokens: the text between them at even positions, the tokens at odd ones
+    parts = re.split(f"({CHAT_TOKEN_RE.pattern})", text)
+    return "".join(part if i % 2 else encode(name, part, rng) for i, part in enumerate(parts))
 
 
 def encoded_documents(p: WorldParams, originals: list[str], rng: random.Random, lore: range = range(0)) -> list[str]:

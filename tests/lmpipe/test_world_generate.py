@@ -224,7 +224,9 @@ def test_encoded_share_zero_removes_all_encoded_text():
     # encoded_share 0 alone leaves the lore documents' own encoded renderings
     lore_only = generate_world(WorldParams(docs=300, encoded_share=0, task={"train": 20, "validation": 10, "test": 10}), 0)
     encoded = lore_only.corpus[lore_only.corpus["domain"] == "encoded"]
-    assert len(encoded) == 3 * round(0.3 * round(0.35 * 300))
+    d = WorldParams()
+    assert d.lore_encoded_share > 0
+    assert len(encoded) == len(d.encodings) * round(d.lore_encoded_share * round(d.secret_share * 300))
 
 
 def test_parallel_pairs_put_each_line_before_its_encoding(world):
