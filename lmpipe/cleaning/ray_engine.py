@@ -4,7 +4,8 @@ so the outputs, byte for byte those of the local engine.
 
 - Pass 1: every chunk of `batch_size` documents is a Ray task running `clean_chunk`, the local
   engine's worker function; `RayPool` stands in for its process pool, so batches still stream
-  (two in flight) and chunks come back in input order.
+  (two in flight) and chunks come back in input order. Ray starts in the background meanwhile
+  (lmpipe.cleaning.ray_session.RayStart): the chunks submitted before it is up run on the driver.
 - Pass 2, exact dedup: the alive documents' 8-byte keys are shuffled by key into partitions, one
   task each; a key lives in one partition only, so each finds the first document of its keys.
 - Pass 2, near dedup: per LSH band, the driver sorts the band's keys (8 bytes per document) to
@@ -13,13 +14,14 @@ so the outputs, byte for byte those of the local engine.
   lowest row over all bands and partitions, which is how the local engine combines bands too.
 
 The driver reads the input (any path pyarrow reads) and writes every output, as in the local
-engine; only the work moves. Ray itself is started or joined around the passes by `ray_session`
+engine; only the work moves. Ray itself is started or joined around the passes by `starting_ray`
 (lmpipe.cleaning.ray_session).
 """
 
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -28,30 +30,44 @@ from lmpipe.cleaning.dedup import exact_duplicates, near_duplicates
 
 class RayPool:
     """The `submit(fn, *args) -> future` of a concurrent.futures pool, on Ray tasks; an argument
-    every task shares (the params) travels to the object store once instead of with every task."""
+    every task shares (the params) travels to the object store once instead of with every task.
 
-    def __init__(self):
-        import ray
+    Until Ray is up (`start`, a lmpipe.cleaning.ray_session.RayStart) the driver runs the tasks
+    itself, so Ray's start-up costs only the time the driver is not working: the same function
+    on the same arguments, so the same chunks."""
 
-        self.ray, self.remote, self.shared = ray, {}, {}
+    def __init__(self, start):
+        self.start, self.remote, self.shared = start, {}, {}
+        self.on_driver = self.on_ray = 0
 
     def submit(self, fn, *args):
+        if not self.start.ready():
+            self.on_driver += 1
+            done: Future = Future()
+            done.set_result(fn(*args))
+            return done
+        self.on_ray += 1
+        ray = self.start.wait()
         if fn not in self.remote:
-            self.remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
-        args = [a if isinstance(a, (list, int, type(None))) else self._ref(a) for a in args]
+            self.remote[fn] = ray.remote(num_cpus=1, max_retries=0)(fn)
+        args = [a if isinstance(a, (list, int, type(None))) else self._ref(ray, a) for a in args]
         return self.remote[fn].remote(*args).future()
 
-    def _ref(self, value):
+    def _ref(self, ray, value):
         key = id(value)
         if key not in self.shared:
-            self.shared[key] = (value, self.ray.put(value))  # the value is kept so its id stays unique
+            self.shared[key] = (value, ray.put(value))  # the value is kept so its id stays unique
         return self.shared[key][1]
 
 
 @contextlib.contextmanager
-def workers(p, docs: int):
-    """The Ray counterpart of lmpipe.cleaning.per_document.workers (Ray is up: see ray_session)."""
-    yield RayPool()
+def workers(start, label: str = "clean"):
+    """The Ray counterpart of lmpipe.cleaning.per_document.workers; `start` is Ray starting."""
+    pool = RayPool(start)
+    yield pool
+    if pool.on_driver:
+        print(f"[{label}] {pool.on_driver} of {pool.on_driver + pool.on_ray} chunks ran on the driver "
+              "while Ray started", flush=True)
 
 
 def _exact_part(keys: np.ndarray) -> np.ndarray:

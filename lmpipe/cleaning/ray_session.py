@@ -1,9 +1,10 @@
-"""Ray for the data stages: `ray_session` starts a Ray instance for a stage (`ray_address:
-local`, `num_cpus` CPUs on this machine) or joins a cluster (`auto`, `host:port`,
-`ray://host:port`), with neither usage stats nor dashboard, so nothing reaches the network.
-Workers on this machine import lmpipe from this checkout; on a cluster the driver ships its
-lmpipe package to them (runtime_env py_modules), so every node only needs the locked
-dependencies installed.
+"""Ray for the data stages: `RayStart` starts a Ray instance for a stage (`ray_address: local`,
+`num_cpus` CPUs on this machine) or joins a cluster (`auto`, `host:port`, `ray://host:port`) in a
+background thread, with neither usage stats nor dashboard, so nothing reaches the network;
+`starting_ray` gives the stage a RayStart to use as soon as it is up (the clean stage works on
+the driver meanwhile), `ray_session` waits for it. Workers on this machine import lmpipe from
+this checkout; on a cluster the driver ships its lmpipe package to them (runtime_env
+py_modules), so every node only needs the locked dependencies installed.
 
 Also the tokenize stage's encoding pass on Ray (`tokenize.engine: ray`, `encode_docs_ray`):
 chunks of documents encoded by Ray tasks with the tokenizer as saved, concatenated in order.
@@ -13,7 +14,11 @@ Kept apart from the clean engine (lmpipe.cleaning.ray_engine) so tokenize depend
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +28,118 @@ from lmpipe.io import StageError
 _PACKAGE = Path(__file__).resolve().parents[1]  # lmpipe/, shipped to cluster workers
 
 
+class RayStart:
+    """Ray being started (a local instance with `num_cpus` CPUs) or joined (a cluster at
+    `address`) in a background thread, so that a stage does useful work while it comes up: on a
+    local instance `ray.init` is ~2.5 s of waiting for processes, and a cluster connection first
+    ships lmpipe to it. Already connected (a caller's own ray.init): used as it is, and left running.
+
+    `warm`: a module every worker imports before Ray counts as ready, so the first tasks do not
+    pay for the imports. `ready()` does not block; `wait()` does; both raise the start's error
+    (StageError) if there was one. `close()` shuts down what this object started."""
+
+    def __init__(self, address: str, num_cpus: int, label: str = "clean", warm: str | None = None):
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network, no telemetry
+        import ray
+
+        self.address, self.num_cpus, self.label, self.warm = address, num_cpus, label, warm
+        self.started = time.perf_counter()
+        self.joined = ray.is_initialized()
+        self._thread = None if self.joined else ThreadPoolExecutor(1, thread_name_prefix="ray-start")
+        self._up = None if self.joined else self._thread.submit(self._start)
+
+    def ready(self) -> bool:
+        if self._up is None or not self._up.done():
+            return self._up is None
+        self._up.result()  # raises the start's error
+        return True
+
+    def wait(self):
+        import ray
+
+        if self._up is not None:
+            self._up.result()
+        return ray
+
+    def close(self) -> None:
+        if self._up is None:
+            return
+        self._up.exception()  # wait for the start to end, whichever way it ends
+        # From the thread that called ray.init: from another one, ray.shutdown takes 5 s longer.
+        self._thread.submit(self._stop).result()
+        self._thread.shutdown()
+
+    def _stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            _stop_local_monitor(ray)
+            ray.shutdown()
+
+    def _start(self) -> None:
+        import ray
+
+        options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        # ray.init from this thread leaves the process's SIGTERM handler alone, and says so.
+        logging.getLogger("ray._private.worker").addFilter(_NotMainThreadWarning())
+        try:
+            if self.address == "local":
+                # Workers on this machine import lmpipe from this checkout through the environment
+                # they inherit from the raylet: a runtime_env would cost ~1.5 s more to set up. They
+                # do the stage's work, so they run at the stage's priority, not Ray's default nice 15.
+                with _environ(PYTHONPATH=str(_PACKAGE.parent), RAY_worker_niceness="0"):
+                    ray.init(num_cpus=self.num_cpus, **options)
+            else:  # workers on other machines get this lmpipe package from the driver
+                options.pop("include_dashboard")
+                ray.init(address=self.address, runtime_env={"py_modules": [str(_PACKAGE)]}, **options)
+        except (ConnectionError, RuntimeError) as err:  # no cluster there, or it refused this driver (auth token)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StageError(f"ray_address {self.address!r}: cannot connect to a Ray cluster ({first})") from None
+        if self.warm:
+            task = ray.remote(num_cpus=1, max_retries=0)(_import)
+            ray.get([task.remote(self.warm) for _ in range(cluster_cpus())])
+        where = "a local instance" if self.address == "local" else self.address
+        print(f"[{self.label}] ray engine: {where}, {len(ray.nodes())} node(s), {cluster_cpus()} CPUs, "
+              f"up in {time.perf_counter() - self.started:.1f}s", flush=True)
+
+
+@contextlib.contextmanager
+def starting_ray(address: str, num_cpus: int, label: str = "clean", warm: str | None = None):
+    """A RayStart for the duration of the block, not waited for: see RayStart."""
+    start = RayStart(address, num_cpus, label, warm)
+    try:
+        yield start
+    finally:
+        start.close()
+
+
 @contextlib.contextmanager
 def ray_session(address: str, num_cpus: int, label: str = "clean"):
-    """Ray for the duration of the block: a local instance with `num_cpus` CPUs, or a connection
-    to the cluster at `address`. Already connected (a caller's own ray.init): used as it is."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network, no telemetry
-    import ray
+    """Ray, up, for the duration of the block (the `ray` module): a local instance with `num_cpus`
+    CPUs, or a connection to the cluster at `address`; see RayStart."""
+    with starting_ray(address, num_cpus, label) as start:
+        yield start.wait()
 
-    if ray.is_initialized():
-        yield ray
-        return
-    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    try:
-        if address == "local":
-            # Workers on this machine import lmpipe from this checkout through the environment
-            # they inherit from the raylet: a runtime_env would cost ~1.5 s more to set up. They
-            # do the stage's work, so they run at the stage's priority, not Ray's default nice 15.
-            with _environ(PYTHONPATH=str(_PACKAGE.parent), RAY_worker_niceness="0"):
-                ray.init(num_cpus=num_cpus, **options)
-        else:  # workers on other machines get this lmpipe package from the driver
-            options.pop("include_dashboard")
-            ray.init(address=address, runtime_env={"py_modules": [str(_PACKAGE)]}, **options)
-    except (ConnectionError, RuntimeError) as err:  # no cluster there, or it refused this driver (auth token)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StageError(f"ray_address {address!r}: cannot connect to a Ray cluster ({first})") from None
-    print(f"[{label}] ray engine: {'a local instance' if address == 'local' else address}, "
-          f"{len(ray.nodes())} node(s), {cluster_cpus()} CPUs", flush=True)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+
+def _stop_local_monitor(ray) -> None:
+    """ray.shutdown gives each process it started one second to exit on SIGTERM; the autoscaler
+    monitor of a local instance (one node: nothing to scale) takes all of it, every time. Killing
+    it first saves that second. Ray's internals: if they change, shutdown is just slower."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    processes = getattr(getattr(node, "_global_node", None), "all_processes", None) or {}
+    for info in processes.get("monitor", []):
+        with contextlib.suppress(Exception):
+            info.process.kill()
+            info.process.wait(timeout=1)
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
+
+
+class _NotMainThreadWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 @contextlib.contextmanager

@@ -120,17 +120,20 @@ def clean_parquet(src: str | Path, out_dir: str | Path, p: CleanParams, seed: in
 def _clean_parquet(src: Path, out_dir: Path, p: CleanParams, seed: int, decisions: Path | None) -> CleanReport:
     corpus = open_corpus(src, p.batch_rows)
     first = _PassOne.empty(corpus.metadata.num_rows, score="noise" in corpus.schema_arrow.names)
-    with _engine(p), atomic_path(out_dir) as tmp:
+    with _engine(p) as ray_start, atomic_path(out_dir) as tmp:
         tmp.mkdir()
         work = tmp.parent / "work"  # removed with the temporary directory, whatever happens
         work.mkdir()
-        _per_document_pass(corpus, work, p, seed, first)
+        _per_document_pass(corpus, work, p, seed, first, ray_start)
+        if ray_start is not None:
+            ray_start.wait()  # pass 2 runs on Ray whether or not pass 1 did
         decided = _deduplicate(first, work, p)
         split = write_splits(work / "docs.parquet", tmp, corpus.schema_arrow, decided, p, seed, decisions)
     return _report(first, decided, split)
 
 
-def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed: int, first: _PassOne) -> None:
+def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed: int, first: _PassOne,
+                       ray_start) -> None:
     """Pass 1: stream the corpus through the per-document work in p.num_proc processes; write the
     repaired documents, the MinHash signatures and one file of 8-byte keys per LSH band to `work`."""
     schema, n, mh = corpus.schema_arrow, corpus.metadata.num_rows, p.minhash
@@ -141,7 +144,7 @@ def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed:
         docs_out = files.enter_context(pq.ParquetWriter(work / "docs.parquet", docs_schema))
         sig_out = files.enter_context(open(work / "minhash.u32", "wb")) if mh.enabled else None
         band_out = [files.enter_context(open(work / f"band{b}.u64", "wb")) for b in range(n_bands)]
-        pool = files.enter_context(ray_engine.workers(p, n) if p.engine == "ray" else workers(p, n))
+        pool = files.enter_context(ray_engine.workers(ray_start) if p.engine == "ray" else workers(p, n))
         off = 0
         for batch, parts in per_document(read_batches(corpus, p.batch_rows), p, seed, first.noise is not None,
                                          pool):
@@ -187,10 +190,11 @@ def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
 
 
 def _engine(p: CleanParams):
-    """Ray for the ray engine (lmpipe.cleaning.ray_engine), nothing for the local one."""
+    """Ray starting for the ray engine (lmpipe.cleaning.ray_engine), None for the local one. Its
+    workers import the per-document code before Ray counts as up, so the first tasks start at once."""
     if p.engine != "ray":
         return contextlib.nullcontext()
-    return ray_session.ray_session(p.ray_address, p.num_proc)
+    return ray_session.starting_ray(p.ray_address, p.num_proc, warm="lmpipe.cleaning.per_document")
 
 
 def _report(first: _PassOne, d: Decided, split: dict) -> CleanReport:

@@ -9,6 +9,7 @@ One local Ray instance (2 CPUs) serves the module: starting one costs seconds.""
 from __future__ import annotations
 
 import filecmp
+import json
 
 import numpy as np
 import pytest
@@ -133,3 +134,44 @@ def test_tokenize_stage_encodes_on_ray_into_the_local_shards(ray_up):
     local = encode_splits(tok, texts, parse_params({"tokenize": {"batch_size": 50}}))
     ray = encode_splits(tok, texts, parse_params({"tokenize": {"batch_size": 50, "engine": "ray"}}))
     assert local.keys() == ray.keys() and all(np.array_equal(local[s], ray[s]) for s in local)
+
+
+class _Starting:
+    """A RayStart stand-in that comes up after `after` calls to ready()."""
+
+    def __init__(self, after: int, ray):
+        self.calls, self.after, self.ray = 0, after, ray
+
+    def ready(self) -> bool:
+        self.calls += 1
+        return self.calls > self.after
+
+    def wait(self):
+        return self.ray
+
+
+def test_pool_runs_tasks_on_the_driver_until_ray_is_up(ray_up):
+    from lmpipe.cleaning.ray_engine import RayPool
+
+    pool = RayPool(_Starting(after=2, ray=ray_up))
+    futures = [pool.submit(json.dumps, [k]) for k in range(5)]  # a function Ray's workers can import
+    assert [f.result() for f in futures] == [f"[{k}]" for k in range(5)]  # in order, whoever ran them
+    assert (pool.on_driver, pool.on_ray) == (2, 3)
+
+
+def test_a_start_that_fails_fails_the_pool_at_the_next_task(monkeypatch):
+    import ray
+
+    from lmpipe.cleaning.ray_engine import RayPool
+    from lmpipe.cleaning.ray_session import RayStart
+
+    def refuse(**kwargs):
+        raise ConnectionError("could not find any running Ray instance")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    start = RayStart("127.0.0.1:1", 1)
+    start._up.exception()  # the background start has ended
+    with pytest.raises(StageError, match="cannot connect"):
+        RayPool(start).submit(json.dumps, [2])
+    start.close()
