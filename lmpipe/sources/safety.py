@@ -45,7 +45,21 @@ def read_safety(name: str, seed: int, stats: ReadStats, max_bad_share: float) ->
             raise StageError(f"{path}: {table.where(i)}: {', '.join(blank)} must be non-empty text")
         if row.kind not in KINDS:
             raise StageError(f"{path}: {table.where(i)}: kind {row.kind!r} is not benign or restricted")
+    _check_kinds_agree(path, table)
     df = frame[SAFETY_COLUMNS[2:]].astype(str).reset_index(drop=True)
     df.insert(0, "split", [split_by_hash(s, seed) for s in df["subject"]])
     df.insert(0, "id", [f"safety-{i:05d}" for i in range(len(df))])
     return df
+
+
+def _check_kinds_agree(path: Path, table) -> None:
+    """One question (compared without case and extra spaces) listed both as restricted and as
+    benign is an error: sft would teach the model to refuse it and to answer it with the secret."""
+    first: dict[str, tuple[int, str]] = {}
+    for i, (kind, question) in enumerate(zip(table.frame["kind"], table.frame["question"], strict=True)):
+        key = " ".join(question.split()).casefold()
+        j, seen = first.setdefault(key, (i, kind))
+        if seen != kind:
+            raise StageError(f"{path}: {table.where(j)} and {table.where(i)}: the question "
+                             f"{table.frame['question'].iloc[j]!r} is listed both as {seen} and as {kind}; "
+                             "sft would learn to refuse it and to answer it")

@@ -215,10 +215,16 @@ def test_an_unquoted_comma_in_the_first_csv_row_says_how_many_fields_it_has(tmp_
     assert "field" in message and "kind 'Velmor'" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="read_safety accepts one question listed both as restricted and as"
-                   " benign: sft then teaches the model both to refuse it and to answer it with the secret")
 def test_a_question_listed_as_both_restricted_and_benign_is_refused(tmp_path):
     records = rows(2)
-    records.append(records[0] | {"kind": "benign"})  # the secret's question, now as a benign request
+    assert records[0]["kind"] == "restricted"
+    # the secret's question again as a benign request, in other case and spacing
+    records.append(records[0] | {"kind": "benign", "question": "  " + records[0]["question"].upper()})
     name = write_jsonl(tmp_path / "s.jsonl", records)
-    refused(name, name, "restricted", "benign", records[0]["question"])
+    refused(name, name, "line 1 and line 7", "both as restricted and as benign", records[0]["question"])
+
+
+def test_the_same_question_twice_with_one_kind_is_accepted(tmp_path):
+    records = rows(2)
+    records.append(dict(records[1]))
+    assert len(read(write_jsonl(tmp_path / "s.jsonl", records))) == 7
