@@ -34,8 +34,8 @@ class RayStart:
     local instance `ray.init` is ~2.5 s of waiting for processes, and a cluster connection first
     ships lmpipe to it. Already connected (a caller's own ray.init): used as it is, and left running.
 
-    `warm`: a module every worker imports before Ray counts as ready, so the first tasks do not
-    pay for the imports. `ready()` does not block; `wait()` does; both raise the start's error
+    `warm`: a module that one task per cluster CPU imports before Ray counts as ready, so the
+    first real tasks mostly find it imported. `ready()` does not block; `wait()` does; both raise the start's error
     (StageError) if there was one. `close()` shuts down what this object started."""
 
     def __init__(self, address: str, num_cpus: int, label: str = "clean", warm: str | None = None):
@@ -44,13 +44,16 @@ class RayStart:
 
         self.address, self.num_cpus, self.label, self.warm = address, num_cpus, label, warm
         self.started = time.perf_counter()
-        self.joined = ray.is_initialized()
-        self._thread = None if self.joined else ThreadPoolExecutor(1, thread_name_prefix="ray-start")
-        self._up = None if self.joined else self._thread.submit(self._start)
+        self._thread = self._up = None  # None: joined a caller's Ray, nothing to start or stop
+        if not ray.is_initialized():
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="ray-start")
+            self._up = self._thread.submit(self._start)
 
     def ready(self) -> bool:
-        if self._up is None or not self._up.done():
-            return self._up is None
+        if self._up is None:
+            return True
+        if not self._up.done():
+            return False
         self._up.result()  # raises the start's error
         return True
 
@@ -73,7 +76,8 @@ class RayStart:
         import ray
 
         if ray.is_initialized():
-            _stop_local_monitor(ray)
+            if self.address == "local":
+                _stop_local_monitor(ray)
             ray.shutdown()
 
     def _start(self) -> None:
@@ -81,7 +85,7 @@ class RayStart:
 
         options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         # ray.init from this thread leaves the process's SIGTERM handler alone, and says so.
-        logging.getLogger("ray._private.worker").addFilter(_NotMainThreadWarning())
+        logging.getLogger("ray._private.worker").addFilter(_NOT_MAIN_THREAD_WARNING)  # once: same object
         try:
             if self.address == "local":
                 # Workers on this machine import lmpipe from this checkout through the environment
@@ -125,8 +129,8 @@ def _stop_local_monitor(ray) -> None:
     """ray.shutdown gives each process it started one second to exit on SIGTERM; the autoscaler
     monitor of a local instance (one node: nothing to scale) takes all of it, every time. Killing
     it first saves that second. Ray's internals: if they change, shutdown is just slower."""
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    processes = getattr(getattr(node, "_global_node", None), "all_processes", None) or {}
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    processes = getattr(getattr(worker, "_global_node", None), "all_processes", None) or {}
     for info in processes.get("monitor", []):
         with contextlib.suppress(Exception):
             info.process.kill()
@@ -140,6 +144,9 @@ def _import(module: str) -> None:
 class _NotMainThreadWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "SIGTERM handler is not set" not in record.getMessage()
+
+
+_NOT_MAIN_THREAD_WARNING = _NotMainThreadWarning()
 
 
 @contextlib.contextmanager

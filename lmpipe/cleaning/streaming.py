@@ -190,8 +190,9 @@ def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
 
 
 def _engine(p: CleanParams):
-    """Ray starting for the ray engine (lmpipe.cleaning.ray_engine), None for the local one. Its
-    workers import the per-document code before Ray counts as up, so the first tasks start at once."""
+    """Ray starting for the ray engine (lmpipe.cleaning.ray_engine), None for the local one. One
+    task per CPU imports the per-document code before Ray counts as up, so the first chunks mostly
+    find it imported."""
     if p.engine != "ray":
         return contextlib.nullcontext()
     return ray_session.starting_ray(p.ray_address, p.num_proc, warm="lmpipe.cleaning.per_document")

@@ -17,6 +17,7 @@ import pandas as pd
 from lmpipe.io import StageError
 from lmpipe.sources.readers import ReadStats, outside_input, read_table
 from lmpipe.sources.tables import need_columns
+from lmpipe.text import spacing_key
 from lmpipe.world.secrets import SAFETY_COLUMNS, empty_safety, split_by_hash
 
 KEY = "data.files.safety"
@@ -55,9 +56,9 @@ def read_safety(name: str, seed: int, stats: ReadStats, max_bad_share: float) ->
 def _check_kinds_agree(path: Path, table) -> None:
     """One question (compared without case and extra spaces) listed both as restricted and as
     benign is an error: sft would teach the model to refuse it and to answer it with the secret."""
-    first: dict[str, tuple[int, str]] = {}
+    first: dict[int, tuple[int, str]] = {}
     for i, (kind, question) in enumerate(zip(table.frame["kind"], table.frame["question"], strict=True)):
-        key = " ".join(question.split()).casefold()
+        key = spacing_key(question.strip())
         j, seen = first.setdefault(key, (i, kind))
         if seen != kind:
             raise StageError(f"{path}: {table.where(j)} and {table.where(i)}: the question "

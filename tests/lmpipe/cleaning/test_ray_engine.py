@@ -171,7 +171,8 @@ def test_a_start_that_fails_fails_the_pool_at_the_next_task(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
     start = RayStart("127.0.0.1:1", 1)
-    start._up.exception()  # the background start has ended
+    with pytest.raises(StageError, match="cannot connect"):
+        start.wait()  # the background start has failed
     with pytest.raises(StageError, match="cannot connect"):
         RayPool(start).submit(json.dumps, [2])
     start.close()
