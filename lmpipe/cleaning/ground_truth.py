@@ -5,15 +5,18 @@ Reported as precision and recall per kind, plus the survival of noise-free docum
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import ftfy
 import numpy as np
-import pandas as pd
 
 from lmpipe.cleaning.filters import CODE, QUALITY_FILTERS, REPETITION_FILTERS
 from lmpipe.cleaning.pii import IPV4, IPV6, is_documentation_email, is_documentation_ip
 from lmpipe.cleaning.repairs import CONTROL, HTML_ENTITY, HTML_TAG, REPAIRS
 from lmpipe.io import StageError
+
+if TYPE_CHECKING:  # only a type here: the per-document workers (Ray's too) need not import pandas
+    import pandas as pd
 
 # Which filters or repairs are meant to handle each kind of injected noise.
 REMOVAL_KINDS = {

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,12 +41,11 @@ class RayStart:
 
     def __init__(self, address: str, num_cpus: int, label: str = "clean", warm: str | None = None):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network, no telemetry
-        import ray
-
         self.address, self.num_cpus, self.label, self.warm = address, num_cpus, label, warm
         self.started = time.perf_counter()
         self._thread = self._up = None  # None: joined a caller's Ray, nothing to start or stop
-        if not ray.is_initialized():
+        ray = sys.modules.get("ray")  # not imported: not connected either, and the import (~0.5 s) is the start's
+        if ray is None or not ray.is_initialized():
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ray-start")
             self._up = self._thread.submit(self._start)
 
@@ -76,8 +76,6 @@ class RayStart:
         import ray
 
         if ray.is_initialized():
-            if self.address == "local":
-                _stop_local_monitor(ray)
             ray.shutdown()
 
     def _start(self) -> None:
@@ -91,7 +89,7 @@ class RayStart:
                 # Workers on this machine import lmpipe from this checkout through the environment
                 # they inherit from the raylet: a runtime_env would cost ~1.5 s more to set up. They
                 # do the stage's work, so they run at the stage's priority, not Ray's default nice 15.
-                with _environ(PYTHONPATH=str(_PACKAGE.parent), RAY_worker_niceness="0"):
+                with _environ(PYTHONPATH=str(_PACKAGE.parent), RAY_worker_niceness="0"), _lean_head():
                     ray.init(num_cpus=self.num_cpus, **options)
             else:  # workers on other machines get this lmpipe package from the driver
                 options.pop("include_dashboard")
@@ -125,16 +123,33 @@ def ray_session(address: str, num_cpus: int, label: str = "clean"):
         yield start.wait()
 
 
-def _stop_local_monitor(ray) -> None:
-    """ray.shutdown gives each process it started one second to exit on SIGTERM; the autoscaler
-    monitor of a local instance (one node: nothing to scale) takes all of it, every time. Killing
-    it first saves that second. Ray's internals: if they change, shutdown is just slower."""
-    worker = getattr(getattr(ray, "_private", None), "worker", None)
-    processes = getattr(getattr(worker, "_global_node", None), "all_processes", None) or {}
-    for info in processes.get("monitor", []):
-        with contextlib.suppress(Exception):
-            info.process.kill()
-            info.process.wait(timeout=1)
+# The head processes a local instance for one stage has no use for: the API server (with
+# include_dashboard=False it serves only usage stats, which are off), the autoscaler monitor (one
+# node: nothing to scale) and the log monitor (log_to_driver=False: nobody follows the workers'
+# logs live; they stay in the session's log directory). On 2 cores they cost ~2.4 CPU-s, while
+# the stage works, and ~1.3 s of ray.init (bench/clean.py --engine ray).
+_UNUSED_HEAD_PROCESSES = ("start_api_server", "start_monitor", "start_log_monitor")
+
+
+@contextlib.contextmanager
+def _lean_head():
+    """ray.init, for the block, starting a local instance without _UNUSED_HEAD_PROCESSES. These
+    are methods of Ray's private Node class (ray is pinned in the lock); a Ray that renames them
+    starts them as before, and test_local_instance_starts_no_unused_head_process says so."""
+    from ray._private.node import Node
+
+    saved = {name: Node.__dict__[name] for name in _UNUSED_HEAD_PROCESSES if name in Node.__dict__}
+    for name in saved:
+        setattr(Node, name, _not_started)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)
+
+
+def _not_started(self, *args, **kwargs) -> None:
+    return None
 
 
 def _import(module: str) -> None:

@@ -120,22 +120,23 @@ def clean_parquet(src: str | Path, out_dir: str | Path, p: CleanParams, seed: in
 def _clean_parquet(src: Path, out_dir: Path, p: CleanParams, seed: int, decisions: Path | None) -> CleanReport:
     corpus = open_corpus(src, p.batch_rows)
     first = _PassOne.empty(corpus.metadata.num_rows, score="noise" in corpus.schema_arrow.names)
-    with _engine(p) as ray_start, atomic_path(out_dir) as tmp:
+    with _engine(p, corpus.metadata.num_rows) as ray_pool, atomic_path(out_dir) as tmp:
         tmp.mkdir()
         work = tmp.parent / "work"  # removed with the temporary directory, whatever happens
         work.mkdir()
-        _per_document_pass(corpus, work, p, seed, first, ray_start)
-        if ray_start is not None:
-            ray_start.wait()  # pass 2 runs on Ray whether or not pass 1 did
+        _per_document_pass(corpus, work, p, seed, first, ray_pool)
+        if ray_pool is not None:
+            ray_pool.start.wait()  # pass 2 runs on Ray whether or not pass 1 did
         decided = _deduplicate(first, work, p)
         split = write_splits(work / "docs.parquet", tmp, corpus.schema_arrow, decided, p, seed, decisions)
     return _report(first, decided, split)
 
 
 def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed: int, first: _PassOne,
-                       ray_start) -> None:
-    """Pass 1: stream the corpus through the per-document work in p.num_proc processes; write the
-    repaired documents, the MinHash signatures and one file of 8-byte keys per LSH band to `work`."""
+                       ray_pool) -> None:
+    """Pass 1: stream the corpus through the per-document work in p.num_proc processes (or on
+    Ray: `ray_pool`); write the repaired documents, the MinHash signatures and one file of 8-byte
+    keys per LSH band to `work`."""
     schema, n, mh = corpus.schema_arrow, corpus.metadata.num_rows, p.minhash
     docs_schema = schema.append(pa.field(DETAIL, pa.large_string()))
     n_bands = lsh_bands(mh.threshold, mh.num_perm)[0] if mh.enabled else 0
@@ -144,7 +145,7 @@ def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed:
         docs_out = files.enter_context(pq.ParquetWriter(work / "docs.parquet", docs_schema))
         sig_out = files.enter_context(open(work / "minhash.u32", "wb")) if mh.enabled else None
         band_out = [files.enter_context(open(work / f"band{b}.u64", "wb")) for b in range(n_bands)]
-        pool = files.enter_context(ray_engine.workers(ray_start) if p.engine == "ray" else workers(p, n))
+        pool = ray_pool if ray_pool is not None else files.enter_context(workers(p, n))
         off = 0
         for batch, parts in per_document(read_batches(corpus, p.batch_rows), p, seed, first.noise is not None,
                                          pool):
@@ -160,6 +161,8 @@ def _per_document_pass(corpus: pq.ParquetFile, work: Path, p: CleanParams, seed:
             docs_out.write_batch(pa.record_batch([*columns, detail], schema=docs_schema))
             off += batch.num_rows
             progress.update(off, "docs")
+    if ray_pool is not None:
+        ray_pool.report("clean")
 
 
 def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
@@ -189,13 +192,11 @@ def _deduplicate(first: _PassOne, work: Path, p: CleanParams) -> Decided:
     return Decided(code=code, duplicate_of=duplicate_of, like=like, signatures=signatures, repairs=first.repairs)
 
 
-def _engine(p: CleanParams):
-    """Ray starting for the ray engine (lmpipe.cleaning.ray_engine), None for the local one. One
-    task per CPU imports the per-document code before Ray counts as up, so the first chunks mostly
-    find it imported."""
+def _engine(p: CleanParams, docs: int):
+    """The ray engine's RayPool (lmpipe.cleaning.ray_engine.engine), None for the local engine."""
     if p.engine != "ray":
         return contextlib.nullcontext()
-    return ray_session.starting_ray(p.ray_address, p.num_proc, warm="lmpipe.cleaning.per_document")
+    return ray_engine.engine(p, docs)
 
 
 def _report(first: _PassOne, d: Decided, split: dict) -> CleanReport:

@@ -156,7 +156,39 @@ def test_pool_runs_tasks_on_the_driver_until_ray_is_up(ray_up):
     pool = RayPool(_Starting(after=2, ray=ray_up))
     futures = [pool.submit(json.dumps, [k]) for k in range(5)]  # a function Ray's workers can import
     assert [f.result() for f in futures] == [f"[{k}]" for k in range(5)]  # in order, whoever ran them
-    assert (pool.on_driver, pool.on_ray) == (2, 3)
+    assert (pool.before_ray, pool.on_ray) == (2, 3)
+
+
+def test_pool_runs_tasks_in_local_processes_until_ray_is_up_one_per_worker(ray_up):
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lmpipe.cleaning.ray_engine import RayPool
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as local:
+        start = _Starting(after=10**9, ray=ray_up)  # not up until the test says so
+        pool = RayPool(start, local, slots=2)
+        slow = [pool.submit(time.sleep, 0.3) for _ in range(2)]
+        assert pool.in_local == slow and not any(f.done() for f in slow)  # both workers busy
+        third = pool.submit(json.dumps, [3])  # waited for a free worker
+        assert any(f.done() for f in slow) and pool.before_ray == 3
+        start.after = 0  # Ray is up: the rest goes to it
+        rest = [pool.submit(json.dumps, [k]) for k in range(4, 6)]
+        assert [f.result() for f in [third, *rest]] == ["[3]", "[4]", "[5]"]
+        assert (pool.before_ray, pool.on_ray) == (3, 2)
+
+
+def test_local_instance_starts_no_unused_head_process(ray_up):
+    import psutil
+
+    from lmpipe.cleaning.ray_session import _UNUSED_HEAD_PROCESSES
+
+    assert len(_UNUSED_HEAD_PROCESSES) == 3
+    started = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    assert any("raylet" in c for c in started)  # the instance is there, and it is this process's
+    for script in ("autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py"):
+        assert not any(script in c for c in started), script
 
 
 def test_a_start_that_fails_fails_the_pool_at_the_next_task(monkeypatch):
