@@ -36,14 +36,15 @@ class RayStart:
     ships lmpipe to it. Already connected (a caller's own ray.init): used as it is, and left running.
 
     `warm`: a module that one task per cluster CPU imports before Ray counts as ready, so the
-    first real tasks mostly find it imported. `ready()` does not block; `wait()` does; both raise the start's error
-    (StageError) if there was one. `close()` shuts down what this object started."""
+    first real tasks mostly find it imported. `ready()` does not block; `wait()` does; both raise
+    the start's error (StageError) if there was one. `close()` shuts down what this object
+    started (`stop_soon()` begins that in the background)."""
 
     def __init__(self, address: str, num_cpus: int, label: str = "clean", warm: str | None = None):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network, no telemetry
         self.address, self.num_cpus, self.label, self.warm = address, num_cpus, label, warm
         self.started = time.perf_counter()
-        self._thread = self._up = None  # None: joined a caller's Ray, nothing to start or stop
+        self._thread = self._up = self._stopping = None  # _up None: joined a caller's Ray, nothing to start or stop
         ray = sys.modules.get("ray")  # not imported: not connected either, and the import (~0.5 s) is the start's
         if ray is None or not ray.is_initialized():
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="ray-start")
@@ -64,12 +65,18 @@ class RayStart:
             self._up.result()
         return ray
 
+    def stop_soon(self) -> None:
+        """Shut down what this object started in the background, from now on: for a caller with
+        more work that needs no Ray (the clean stage's pass 3). close() waits for it."""
+        if self._up is not None and self._stopping is None:
+            # From the thread that called ray.init: from another one, ray.shutdown takes 5 s longer.
+            self._stopping = self._thread.submit(self._stop)  # after the start, whichever way it ends
+
     def close(self) -> None:
         if self._up is None:
             return
-        self._up.exception()  # wait for the start to end, whichever way it ends
-        # From the thread that called ray.init: from another one, ray.shutdown takes 5 s longer.
-        self._thread.submit(self._stop).result()
+        self.stop_soon()
+        self._stopping.result()
         self._thread.shutdown()
 
     def _stop(self) -> None:

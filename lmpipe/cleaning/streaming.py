@@ -128,6 +128,8 @@ def _clean_parquet(src: Path, out_dir: Path, p: CleanParams, seed: int, decision
         if ray_pool is not None:
             ray_pool.start.wait()  # pass 2 runs on Ray whether or not pass 1 did
         decided = _deduplicate(first, work, p)
+        if ray_pool is not None:
+            ray_pool.start.stop_soon()  # pass 3 needs no Ray: it shuts down while the splits are written
         split = write_splits(work / "docs.parquet", tmp, corpus.schema_arrow, decided, p, seed, decisions)
     return _report(first, decided, split)
 
