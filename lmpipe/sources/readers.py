@@ -6,12 +6,14 @@ Every problem is a StageError whose one line names the file (and the line or row
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import io
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +131,35 @@ def _parser_message(err: Exception) -> str:
 
 def _read_csv(name: str, raw: bytes, sep: str) -> Table:
     text, had_bad_bytes = _decode(raw)
+    kind = "TSV" if sep == "\t" else "CSV"
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        # index_col=False: by default pandas takes a first row with more fields than the header
+        # for an index and drops its leading fields without a word; this way it warns instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.EmptyDataError:
-        df = pd.DataFrame()
+        df, caught = pd.DataFrame(), []
     except pd.errors.ParserError as err:
-        kind = "TSV" if sep == "\t" else "CSV"
         raise StageError(f"{name}: not valid {kind}: {_parser_message(err)}") from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        raise StageError(f"{name}: not valid {kind}: {_extra_fields(text, sep)}")
     replaced = 0
     if had_bad_bytes and not df.empty:
         replaced = int(df.apply(lambda col: col.str.contains("\ufffd", regex=False, na=False)).any(axis=1).sum())
     return Table(name, df, replaced_bytes_docs=replaced)
+
+
+def _extra_fields(text: str, sep: str) -> str:
+    """Where a row has more fields than the header, as pandas would count them (an unquoted
+    separator inside a field makes one more)."""
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    header = next(rows, [])
+    for k, row in enumerate(rows, start=1):
+        if len(row) > len(header):
+            return (f"row {k} (line {rows.line_num}) has {len(row)} fields for the header's {len(header)} "
+                    "columns (an unquoted separator inside a field?)")
+    return "a row has more fields than the header"
 
 
 def _read_txt(name: str, raw: bytes) -> Table:

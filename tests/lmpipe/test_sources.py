@@ -64,6 +64,19 @@ def test_files_source_reads_every_format(tmp_path):
     assert leakage(raw.task, raw.shifts) == 0
 
 
+@pytest.mark.parametrize("name,sep", [("a.csv", ","), ("b.tsv", "\t")])
+@pytest.mark.parametrize("bad_row", [1, 3])
+def test_a_row_with_more_fields_than_the_header_is_an_error_naming_it(tmp_path, name, sep, bad_row):
+    """The first row too: pandas would take its extra leading field for an index, silently."""
+    rows = [sep.join(["id", "text"])] + [sep.join([str(i), f"doc {i}"]) for i in range(1, 5)]
+    rows[bad_row] += sep + "stray"
+    (tmp_path / name).write_text("\n".join(rows) + "\n")
+    with pytest.raises(StageError, match=rf"{name}: not valid {name[-3:].upper()}: .*line {bad_row + 1}") as err:
+        read_table(tmp_path / name, max_bad_share=0.0)
+    if bad_row == 1:
+        assert "row 1 (line 2) has 3 fields for the header's 2 columns" in str(err.value)
+
+
 def test_replaced_bytes_are_counted_per_document(tmp_path):
     """20 documents with a Latin-1 byte in one file count 20, not 1, in every line-free format."""
     docs = [f"doc {i} caf\xe9".encode("latin-1") for i in range(20)] + [b"clean doc", "caf\u00e9 ok".encode()]

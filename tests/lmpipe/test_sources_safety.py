@@ -1,8 +1,8 @@
 """lmpipe.sources.safety.read_safety on files a user could give as `data.files.safety`: a good
 .jsonl and a good .csv become the same SAFETY_COLUMNS frame (ids in file order, each subject in the
 split its seeded hash gives, deterministic), and each bad file is refused with one StageError that
-names the key or the file, the line or row where known, and what is wrong. Inputs that the code
-accepts although a user would need an error are strict xfails (the reason says what happens now)."""
+names the key or the file, the line or row where known, and what is wrong (a CSV or TSV row with
+more fields than the header too, the first row included, which pandas would read as an index)."""
 
 from __future__ import annotations
 
@@ -197,22 +197,19 @@ def test_a_malformed_csv_names_the_file_and_the_line(tmp_path):
     refused(str(path), str(path), "not valid CSV", "line 3")
 
 
-@pytest.mark.xfail(strict=True, reason="pandas takes a first data row with more fields than the header as"
-                   " an index: the leading fields are dropped without a word (here the row's kind"
-                   " 'restricted', so a restricted request is read as benign)")
 def test_a_csv_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    # pandas would take the first row's extra leading field for an index and drop it: the kind
+    # 'restricted', so a restricted request would be read as benign
     path = tmp_path / "s.csv"
     path.write_text(",".join(FIELDS) + "\nrestricted,benign,Velmor,capital,What is the capital of Velmor?,Pramor\n")
-    refused(str(path), str(path), "row 1")
+    refused(str(path), str(path), "not valid CSV", "row 1 (line 2) has 6 fields for the header's 5 columns")
 
 
-@pytest.mark.xfail(strict=True, reason="an unquoted comma in the first row's question shifts its fields: the"
-                   " error blames kind 'Velmor' instead of saying the row has 6 fields for 5 columns")
 def test_an_unquoted_comma_in_the_first_csv_row_says_how_many_fields_it_has(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text(",".join(FIELDS) + "\nbenign,Velmor,capital,What is the capital, of Velmor?,Pramor\n")
-    message = refused(str(path), str(path))
-    assert "field" in message and "kind 'Velmor'" not in message
+    message = refused(str(path), str(path), "6 fields", "unquoted separator")
+    assert "kind 'Velmor'" not in message
 
 
 def test_a_question_listed_as_both_restricted_and_benign_is_refused(tmp_path):
