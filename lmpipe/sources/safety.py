@@ -46,6 +46,10 @@ def read_safety(name: str, seed: int, stats: ReadStats, max_bad_share: float) ->
             raise StageError(f"{path}: {table.where(i)}: {', '.join(blank)} must be non-empty text")
         if row.kind not in KINDS:
             raise StageError(f"{path}: {table.where(i)}: kind {row.kind!r} is not benign or restricted")
+    missing = [k for k in KINDS if not (frame["kind"] == k).any()]
+    if missing:
+        raise StageError(f"{path}: no {missing[0]} request in {len(frame)} row(s); sft learns to refuse restricted "
+                         "requests while still answering benign ones, and redteam measures both: give some of each")
     _check_kinds_agree(path, table)
     df = frame[SAFETY_COLUMNS[2:]].astype(str).reset_index(drop=True)
     df.insert(0, "split", [split_by_hash(s, seed) for s in df["subject"]])

@@ -212,6 +212,14 @@ def test_an_unquoted_comma_in_the_first_csv_row_says_how_many_fields_it_has(tmp_
     assert "kind 'Velmor'" not in message
 
 
+@pytest.mark.parametrize("only", ["benign", "restricted"])
+def test_a_file_with_one_kind_of_request_only_is_refused(tmp_path, only):
+    records = [r for r in rows(5) if r["kind"] == only]
+    name = write_jsonl(tmp_path / "s.jsonl", records)
+    other = "restricted" if only == "benign" else "benign"
+    refused(name, name, f"no {other} request in {len(records)} row(s)", "give some of each")
+
+
 def test_a_question_listed_as_both_restricted_and_benign_is_refused(tmp_path):
     records = rows(2)
     assert records[0]["kind"] == "restricted"
