@@ -252,7 +252,7 @@ def engine_bench(repeat: int, seed: int, num_proc: int) -> None:
     ratios = [b / a for a, b in zip(walls["local"], walls["ray"])]
     print(f"ray / local wall time: {min(walls['ray']) / min(walls['local']):.2f}x best-of, "
           f"{float(np.median(ratios)):.2f}x median per round (goal <= 1.3x, start-up included)")
-    print("per round: " + " ".join(f"{r:.2f}x" for r in ratios) + " (the spread is this machine's noise)")
+    print("per round: " + " ".join(f"{r:.2f}x" for r in ratios))
     print(f"Ray's fixed cost (start a local instance, {num_proc} trivial tasks, shut down): {fixed:.1f} s")
     print("identical outputs: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
     if not all(same.values()):
